@@ -1,0 +1,169 @@
+"""The NumPy-level API: validate, view as rows, run the CPU (or CUDA) kernel, reshape back."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastln import _checks, _config, cpu
+from fastln._threading import parallel_guard
+
+
+def _cuda():
+    # Imported only when device data arrives: `import fastln` never touches CUDA.
+    from fastln import cuda
+
+    return cuda
+
+
+def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
+    """LayerNorm forward that also returns the statistics backward needs.
+
+    Parameters
+    ----------
+    x : array_like
+        Input of shape ``(*lead, *normalized_shape)``, float16/32/64, any strides.
+        Never modified.  A Numba CUDA device array runs the CUDA kernels.
+    normalized_shape : int, tuple of int or None, optional
+        Trailing dimensions to normalise over; None (the default) means the last axis.
+    weight, bias : array_like or None, optional
+        Affine parameters of shape ``normalized_shape``; None means 1 and 0.
+    eps : float, optional
+        Added to the variance before the square root, as in ``torch.nn.LayerNorm``.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape and dtype as ``x``.
+    mean, rstd : ndarray
+        Shape ``lead``; float64 for float64 data, float32 otherwise.
+        ``rstd = 1 / sqrt(var + eps)`` with the biased variance.
+
+    Raises
+    ------
+    TypeError
+        Non-floating data, None, or a non-numeric ``normalized_shape``/``eps``.
+    ValueError
+        A 0-d ``x``, or ``normalized_shape``/``weight``/``bias`` that do not fit ``x``.
+    """
+    if _checks.is_device_array(x):
+        return _cuda().layer_norm_forward(x, normalized_shape, weight, bias, eps)
+    x = _checks.as_float_array(x, "x")
+    lay = _checks.layout(x.shape, normalized_shape)
+    w = _checks.affine_vector(weight, "weight", lay, 1.0)
+    b = _checks.affine_vector(bias, "bias", lay, 0.0)
+    eps = _checks.check_eps(eps)
+    dtype = _checks.compute_dtype(x.dtype)
+    x2 = _checks.as_rows(x, lay, dtype)
+    y = np.empty_like(x2)
+    stat = _checks.stats_dtype(x.dtype)
+    mean = np.empty(lay.rows, stat)
+    rstd = np.empty(lay.rows, stat)
+    run_forward(x2, w, b, eps, y, mean, rstd)
+    return (
+        y.reshape(x.shape).astype(x.dtype, copy=False),
+        mean.reshape(lay.lead_shape),
+        rstd.reshape(lay.lead_shape),
+    )
+
+
+def run_forward(x2, w, b, eps, y, mean, rstd):
+    """Pick the serial or parallel forward kernel for C-contiguous rows (no checks)."""
+    rows = x2.shape[0]
+    if rows == 0:
+        return
+    if x2.size < _config.SERIAL_BELOW or rows == 1:
+        cpu.forward_serial(x2, w, b, eps, y, mean, rstd)
+    else:
+        with parallel_guard():
+            cpu.forward_parallel(x2, w, b, eps, y, mean, rstd)
+
+
+def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
+    """LayerNorm of ``x`` over its trailing ``normalized_shape`` dimensions.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased variance, exactly
+    as ``torch.nn.functional.layer_norm``.  See :func:`layer_norm_forward` for the
+    parameters; this returns only ``y``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastln
+    >>> fastln.layer_norm(np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]]))  # doctest: +SKIP
+    """
+    return layer_norm_forward(x, normalized_shape, weight, bias, eps)[0]
+
+
+def chunking(rows: int) -> tuple[int, int]:
+    """``(n_chunks, rows_per_chunk)`` for backward: a function of ``rows`` alone."""
+    n_chunks = max(1, min(_config.MAX_CHUNKS, rows // _config.MIN_CHUNK_ROWS))
+    rows_per_chunk = -(-rows // n_chunks)
+    return -(-rows // rows_per_chunk), rows_per_chunk
+
+
+def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=None):
+    """Gradients of LayerNorm with respect to its input, weight and bias, in one sweep.
+
+    Parameters
+    ----------
+    grad_y : array_like
+        Gradient of the loss with respect to ``y``; the shape of ``x``.
+    x : array_like
+        The forward input.
+    mean, rstd : array_like
+        Statistics from :func:`layer_norm_forward`, of shape ``x.shape[:x.ndim - k]``
+        (torch's trailing-ones shape is accepted too).
+    weight : array_like or None, optional
+        The forward weight; None means no affine transform (and no parameter gradients).
+    normalized_shape : int, tuple of int or None, optional
+        As in the forward; None means the last axis, or ``weight.shape`` when given.
+
+    Returns
+    -------
+    grad_x : ndarray
+        Same shape and dtype as ``x``.
+    grad_weight, grad_bias : ndarray or None
+        Shape ``normalized_shape``, ``x``'s dtype; None when ``weight`` is None.
+        Bitwise identical whatever the thread count.
+    """
+    if _checks.is_device_array(x) or _checks.is_device_array(grad_y):
+        return _cuda().layer_norm_backward(grad_y, x, mean, rstd, weight, normalized_shape)
+    x = _checks.as_float_array(x, "x")
+    grad_y = _checks.as_float_array(grad_y, "grad_y")
+    if normalized_shape is None and weight is not None:
+        normalized_shape = np.shape(weight) or None
+    lay = _checks.layout(x.shape, normalized_shape)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"grad_y must have the shape of x {x.shape}, got {grad_y.shape}")
+    mean = _checks.check_stat(mean, "mean", lay, x.dtype)
+    rstd = _checks.check_stat(rstd, "rstd", lay, x.dtype)
+    param_grads = weight is not None
+    w = _checks.affine_vector(weight, "weight", lay, 1.0)
+    dtype = _checks.compute_dtype(x.dtype)
+    x2 = _checks.as_rows(x, lay, dtype)
+    gy2 = _checks.as_rows(grad_y, lay, dtype)
+    gx = np.empty_like(x2)
+    n_chunks, rows_per_chunk = chunking(lay.rows)
+    part_cols = lay.cols if param_grads else 0
+    dw_part = np.zeros((n_chunks, part_cols))
+    db_part = np.zeros((n_chunks, part_cols))
+    run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, rows_per_chunk, param_grads)
+    grad_x = gx.reshape(x.shape).astype(x.dtype, copy=False)
+    if not param_grads:
+        return grad_x, None, None
+    # Chunks summed in index order by NumPy: the same order whatever ran the chunks.
+    dw = dw_part.sum(axis=0).astype(x.dtype).reshape(lay.norm_shape)
+    db = db_part.sum(axis=0).astype(x.dtype).reshape(lay.norm_shape)
+    return grad_x, dw, db
+
+
+def run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, rows_per_chunk, param_grads):
+    """Pick the serial or parallel backward kernel (no checks)."""
+    if x2.shape[0] == 0:
+        return
+    if x2.size < _config.SERIAL_BELOW or dw_part.shape[0] == 1:
+        cpu.backward_serial(gy2, x2, mean, rstd, w, gx, dw_part, db_part, rows_per_chunk, param_grads)
+    else:
+        with parallel_guard():
+            cpu.backward_parallel(
+                gy2, x2, mean, rstd, w, gx, dw_part, db_part, rows_per_chunk, param_grads
+            )

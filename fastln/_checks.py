@@ -1,0 +1,153 @@
+"""Argument validation and canonicalisation shared by every front end.
+
+Everything a kernel needs is decided here: the ``normalized_shape`` tuple, the (rows, cols)
+split, the compute dtype, float64 affine vectors.  Errors name the argument and what was
+expected, and print the values that did not match.  Nothing here modifies its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import NamedTuple
+
+import numpy as np
+
+#: Data dtypes the kernels run natively; float16 is computed in float32 and cast back.
+NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F16 = np.dtype(np.float16)
+
+
+class Layout(NamedTuple):
+    """How an input splits into rows: ``x.shape == lead_shape + norm_shape``."""
+
+    lead_shape: tuple
+    norm_shape: tuple
+    rows: int
+    cols: int
+
+
+def is_device_array(obj) -> bool:
+    """True for CUDA data: Numba device arrays (real or simulated) and CUDA Array Interface."""
+    return type(obj).__module__.startswith("numba.cuda") or hasattr(
+        obj, "__cuda_array_interface__"
+    )
+
+
+def as_float_array(x, name: str) -> np.ndarray:
+    """Return ``x`` as a NumPy floating array (no copy for ndarrays) or raise.
+
+    Integer, bool, complex, object and string data raise ``TypeError``: LayerNorm of integers
+    is not defined by torch either, and silently promoting them would hide bugs.
+    """
+    if x is None:
+        raise TypeError(f"{name} must be a floating-point array, got None")
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (str, bytes)):
+            raise TypeError(f"{name} must be a floating-point array, got {type(x).__name__}")
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{name} must be a floating-point array: {exc}") from None
+    if x.dtype not in NATIVE_DTYPES and x.dtype != _F16:
+        raise TypeError(
+            f"{name} must have dtype float16, float32 or float64, got {x.dtype}"
+            + (" (cast integers with .astype(np.float32))" if x.dtype.kind in "biu" else "")
+        )
+    return x
+
+
+def normalize_shape(normalized_shape, x_shape: tuple) -> tuple:
+    """Canonical ``normalized_shape`` tuple, checked against the trailing dims of ``x``."""
+    if len(x_shape) == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    if normalized_shape is None:
+        return (x_shape[-1],)
+    if isinstance(normalized_shape, (str, bytes)) or normalized_shape is True or normalized_shape is False:
+        raise TypeError(
+            "normalized_shape must be an int, a tuple of ints or None, "
+            f"got {normalized_shape!r}"
+        )
+    try:
+        dims = (operator.index(normalized_shape),)
+    except TypeError:
+        try:
+            dims = tuple(operator.index(d) for d in normalized_shape)
+            if any(isinstance(d, bool) for d in normalized_shape):
+                raise TypeError
+        except TypeError:
+            raise TypeError(
+                "normalized_shape must be an int, a tuple of ints or None, "
+                f"got {normalized_shape!r}"
+            ) from None
+    if len(dims) == 0:
+        raise ValueError("normalized_shape must have at least one dimension, got ()")
+    if any(d < 0 for d in dims):
+        raise ValueError(f"normalized_shape must be non-negative, got {dims}")
+    if len(dims) > len(x_shape) or tuple(x_shape[len(x_shape) - len(dims):]) != dims:
+        raise ValueError(
+            f"normalized_shape={dims} must match the trailing dimensions of x, "
+            f"but x has shape {tuple(x_shape)}"
+        )
+    return dims
+
+
+def layout(x_shape: tuple, normalized_shape) -> Layout:
+    """Split ``x_shape`` into leading (row) and normalised (column) parts."""
+    norm = normalize_shape(normalized_shape, x_shape)
+    lead = tuple(x_shape[: len(x_shape) - len(norm)])
+    return Layout(lead, norm, math.prod(lead), math.prod(norm))
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """Dtype the kernels run in: float16 data is computed in float32."""
+    return np.dtype(np.float32) if dtype == _F16 else dtype
+
+
+def stats_dtype(dtype: np.dtype) -> np.dtype:
+    """dtype of ``mean``/``rstd``: float64 for float64 data, float32 otherwise."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def affine_vector(p, name: str, lay: Layout, fill: float) -> np.ndarray:
+    """``weight``/``bias`` as a float64 vector of ``cols`` values (``fill`` when ``p`` is None)."""
+    if p is None:
+        return np.full(lay.cols, fill)
+    if is_device_array(p):
+        raise TypeError(f"{name} is a CUDA array but x is on the CPU: put both on one device")
+    p = as_float_array(p, name)
+    if p.shape != lay.norm_shape:
+        raise ValueError(
+            f"{name} must have shape normalized_shape={lay.norm_shape}, got {p.shape}"
+        )
+    return np.ascontiguousarray(p, dtype=np.float64).reshape(lay.cols)
+
+
+def check_eps(eps) -> float:
+    """``eps`` as a float; any real number torch accepts."""
+    if isinstance(eps, (bool, str, bytes)) or eps is None:
+        raise TypeError(f"eps must be a real number, got {eps!r}")
+    try:
+        return float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a real number, got {eps!r}") from None
+
+
+def as_rows(x: np.ndarray, lay: Layout, dtype: np.dtype) -> np.ndarray:
+    """C-contiguous ``(rows, cols)`` view of ``x`` in ``dtype``; copies only when it must."""
+    return np.ascontiguousarray(x, dtype=dtype).reshape(lay.rows, lay.cols)
+
+
+def check_stat(s, name: str, lay: Layout, x_dtype: np.dtype) -> np.ndarray:
+    """A ``mean``/``rstd`` argument of backward as a ``(rows,)`` array.
+
+    Accepts the leading shape (fastln's) or the leading shape followed by ones (torch's
+    ``native_layer_norm``), in any floating dtype.
+    """
+    s = as_float_array(s, name)
+    keepdim = lay.lead_shape + (1,) * len(lay.norm_shape)
+    if s.shape != lay.lead_shape and s.shape != keepdim:
+        raise ValueError(
+            f"{name} must have shape {lay.lead_shape} (the leading dims of x), got {s.shape}"
+        )
+    return np.ascontiguousarray(s, dtype=stats_dtype(x_dtype)).reshape(lay.rows)

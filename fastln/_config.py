@@ -1,0 +1,48 @@
+"""Compile policy and tuning knobs, kept apart from the kernel math.
+
+Every value can be overridden by an environment variable read once at import, so tests
+and users can change policy without editing kernels (for example ``FASTLN_CACHE=0``).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value is None else int(value)
+
+
+#: Numba's on-disk cache for the CPU kernels.  On by default: it turns a ~10 s cold compile
+#: into a sub-second load.  Concurrent cold-cache processes are tested in
+#: tests/test_threads.py (numba issue 4807 is why numbagg keeps it opt-in).
+CACHE = _env_flag("FASTLN_CACHE", True)
+
+#: LLVM fast-math flags.  Only what vectorisation needs: ``reassoc`` lets LLVM split a sum
+#: across SIMD lanes, ``contract`` allows FMA.  Never ``nnan``/``ninf``: NaN and Inf must
+#: propagate per row exactly as in torch.
+FASTMATH = {"reassoc", "contract"}
+
+#: Elements per statistics block.  Each block gets an exact two-pass mean/M2 from L1 cache;
+#: blocks are merged with Chan's formula, so the row is read from memory once.
+BLOCK = _env_int("FASTLN_BLOCK", 512)
+
+#: Inputs with fewer elements than this run the serial kernels: waking worker threads costs
+#: more than the work itself.
+SERIAL_BELOW = _env_int("FASTLN_SERIAL_BELOW", 1 << 15)
+
+#: The backward pass splits rows into at most this many chunks, each with its own row of
+#: grad_weight/grad_bias partials.  The split depends only on the shape, never on the
+#: thread count, so results are bitwise identical for any ``numba.set_num_threads``.
+MAX_CHUNKS = _env_int("FASTLN_MAX_CHUNKS", 64)
+
+#: Fewest rows a backward chunk holds (keeps partial buffers small for short inputs).
+MIN_CHUNK_ROWS = _env_int("FASTLN_MIN_CHUNK_ROWS", 16)
