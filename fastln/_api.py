@@ -49,10 +49,10 @@ def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-
         return _cuda().layer_norm_forward(x, normalized_shape, weight, bias, eps)
     x = _checks.as_float_array(x, "x")
     lay = _checks.layout(x.shape, normalized_shape)
-    w = _checks.affine_vector(weight, "weight", lay, 1.0)
-    b = _checks.affine_vector(bias, "bias", lay, 0.0)
-    eps = _checks.check_eps(eps)
     dtype = _checks.compute_dtype(x.dtype)
+    w = _checks.affine_vector(weight, "weight", lay, 1.0, dtype)
+    b = _checks.affine_vector(bias, "bias", lay, 0.0, dtype)
+    eps = _checks.check_eps(eps)
     x2 = _checks.as_rows(x, lay, dtype)
     y = np.empty_like(x2)
     stat = _checks.stats_dtype(x.dtype)
@@ -93,9 +93,19 @@ def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
     return layer_norm_forward(x, normalized_shape, weight, bias, eps)[0]
 
 
-def chunking(rows: int) -> tuple[int, int]:
-    """``(n_chunks, rows_per_chunk)`` for backward: a function of ``rows`` alone."""
-    n_chunks = max(1, min(_config.MAX_CHUNKS, rows // _config.MIN_CHUNK_ROWS))
+def chunking(rows: int, cols: int) -> tuple[int, int]:
+    """``(n_chunks, rows_per_chunk)`` for backward: a function of the shape alone.
+
+    Never of the thread count: that is what makes grad_weight/grad_bias bitwise identical
+    for any ``numba.set_num_threads``.
+    """
+    n_chunks = min(
+        _config.MAX_CHUNKS,
+        rows,
+        rows * cols // _config.MIN_CHUNK_ELEMS,
+        max(2, _config.MAX_PARTIAL_BYTES // max(16 * cols, 1)),
+    )
+    n_chunks = max(1, n_chunks)
     rows_per_chunk = -(-rows // n_chunks)
     return -(-rows // rows_per_chunk), rows_per_chunk
 
@@ -137,12 +147,12 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
     mean = _checks.check_stat(mean, "mean", lay, x.dtype)
     rstd = _checks.check_stat(rstd, "rstd", lay, x.dtype)
     param_grads = weight is not None
-    w = _checks.affine_vector(weight, "weight", lay, 1.0)
     dtype = _checks.compute_dtype(x.dtype)
+    w = _checks.affine_vector(weight, "weight", lay, 1.0, dtype)
     x2 = _checks.as_rows(x, lay, dtype)
     gy2 = _checks.as_rows(grad_y, lay, dtype)
     gx = np.empty_like(x2)
-    n_chunks, rows_per_chunk = chunking(lay.rows)
+    n_chunks, rows_per_chunk = chunking(lay.rows, lay.cols)
     part_cols = lay.cols if param_grads else 0
     dw_part = np.zeros((n_chunks, part_cols))
     db_part = np.zeros((n_chunks, part_cols))

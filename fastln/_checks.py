@@ -109,10 +109,10 @@ def stats_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
-def affine_vector(p, name: str, lay: Layout, fill: float) -> np.ndarray:
-    """``weight``/``bias`` as a float64 vector of ``cols`` values (``fill`` when ``p`` is None)."""
+def affine_vector(p, name: str, lay: Layout, fill: float, dtype: np.dtype) -> np.ndarray:
+    """``weight``/``bias`` as a ``dtype`` vector of ``cols`` values (``fill`` when ``p`` is None)."""
     if p is None:
-        return np.full(lay.cols, fill)
+        return np.full(lay.cols, fill, dtype)
     if is_device_array(p):
         raise TypeError(f"{name} is a CUDA array but x is on the CPU: put both on one device")
     p = as_float_array(p, name)
@@ -120,7 +120,7 @@ def affine_vector(p, name: str, lay: Layout, fill: float) -> np.ndarray:
         raise ValueError(
             f"{name} must have shape normalized_shape={lay.norm_shape}, got {p.shape}"
         )
-    return np.ascontiguousarray(p, dtype=np.float64).reshape(lay.cols)
+    return np.ascontiguousarray(p, dtype=dtype).reshape(lay.cols)
 
 
 def check_eps(eps) -> float:

@@ -42,7 +42,16 @@ SERIAL_BELOW = _env_int("FASTLN_SERIAL_BELOW", 1 << 15)
 #: The backward pass splits rows into at most this many chunks, each with its own row of
 #: grad_weight/grad_bias partials.  The split depends only on the shape, never on the
 #: thread count, so results are bitwise identical for any ``numba.set_num_threads``.
-MAX_CHUNKS = _env_int("FASTLN_MAX_CHUNKS", 64)
+MAX_CHUNKS = _env_int("FASTLN_MAX_CHUNKS", 16)
 
-#: Fewest rows a backward chunk holds (keeps partial buffers small for short inputs).
-MIN_CHUNK_ROWS = _env_int("FASTLN_MIN_CHUNK_ROWS", 16)
+#: Fewest elements a backward chunk holds: below this a chunk's partials cost more than
+#: the parallelism it buys.
+MIN_CHUNK_ELEMS = _env_int("FASTLN_MIN_CHUNK_ELEMS", 1 << 15)
+
+#: Most bytes of float64 grad_weight/grad_bias partials (16 bytes a column a chunk): wide
+#: rows get fewer chunks rather than megabytes of zero-filled buffers.
+MAX_PARTIAL_BYTES = _env_int("FASTLN_MAX_PARTIAL_BYTES", 4 << 20)
+
+#: Backward gathers grad_weight/grad_bias over this many rows in the data's dtype before
+#: adding them into float64 partials.
+FLUSH_ROWS = _env_int("FASTLN_FLUSH_ROWS", 16)
