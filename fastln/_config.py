@@ -26,10 +26,15 @@ def _env_int(name: str, default: int) -> int:
 #: tests/test_threads.py (numba issue 4807 is why numbagg keeps it opt-in).
 CACHE = _env_flag("FASTLN_CACHE", True)
 
-#: LLVM fast-math flags.  Only what vectorisation needs: ``reassoc`` lets LLVM split a sum
+#: LLVM fast-math flags for reduction loops (row sums): ``reassoc`` lets LLVM split a sum
 #: across SIMD lanes, ``contract`` allows FMA.  Never ``nnan``/``ninf``: NaN and Inf must
 #: propagate per row exactly as in torch.
-FASTMATH = {"reassoc", "contract"}
+REDUCE_FASTMATH = {"reassoc", "contract"}
+
+#: Flags for element-wise sweeps, which vectorise without reassociation.  ``reassoc`` there
+#: is harmful: LLVM rewrote ``(x - mean_t) - resid`` as ``x - (mean_t + resid)`` and lost
+#: the low bits of large offsets.
+SWEEP_FASTMATH = {"contract"}
 
 #: Elements per statistics block.  Each block gets an exact two-pass mean/M2 from L1 cache;
 #: blocks are merged with Chan's formula, so the row is read from memory once.

@@ -34,15 +34,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from fastln._config import BLOCK, CACHE, FASTMATH, FLUSH_ROWS
+from fastln._config import BLOCK, CACHE, FLUSH_ROWS, REDUCE_FASTMATH, SWEEP_FASTMATH
 
-_jit = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")
+# Fast-math flags are per function and survive inlining, so reductions and sweeps live in
+# separate functions with separate policies (see fastln._config).
+_jit = dict(cache=CACHE, fastmath=SWEEP_FASTMATH, nogil=True, error_model="numpy")
+_jit_reduce = dict(_jit, fastmath=REDUCE_FASTMATH)
 
 
 # ---------------------------------------------------------------------------------------
 # Row helpers (inlined by LLVM into the kernels)
 # ---------------------------------------------------------------------------------------
-@njit(**_jit)
+@njit(**_jit_reduce)
 def _row_moments(xr):
     """Moments of one row: ``(pivot, mean - pivot, M2)``, all float64.
 
@@ -87,19 +90,39 @@ def _forward_row(xr, w, b, eps, yr):
     """Normalise one row into ``yr``; returns its ``(mean, rstd)`` in float64.
 
     The statistics are float64; the output sweep runs in the data's dtype (twice the SIMD
-    width for float32).  It stays accurate because ``x - pivot`` is exact by Sterbenz for
-    values near the pivot, and only then is the small ``mean - pivot`` taken away:
-    ``x - mean`` with a rounded float32 mean would lose a large offset's low bits.
+    width for float32).  It stays accurate by centring on ``mean_t``, the mean rounded to
+    that dtype: ``x - mean_t`` is exact by Sterbenz for values near the mean and only
+    relatively rounded for far ones, and the small residual ``mean - mean_t`` (float64,
+    then rounded) is taken away after.  ``x - mean`` in one step would lose a large
+    offset's low bits; centring on ``x[0]`` would lose them when ``x[0]`` is an outlier.
     """
     cols = xr.shape[0]
     pivot, mean_d, m2 = _row_moments(xr)
     r = 1.0 / np.sqrt(m2 / cols + eps)
+    mean = pivot + mean_d
     cast = xr.dtype.type
-    pivot_t, mean_d_t, r_t = cast(pivot), cast(mean_d), cast(r)
+    mean_t = cast(mean)
+    resid_t = cast((pivot - np.float64(mean_t)) + mean_d)
+    r_t = cast(r)
     for j in range(cols):
-        x_hat = ((xr[j] - pivot_t) - mean_d_t) * r_t
+        x_hat = ((xr[j] - mean_t) - resid_t) * r_t
         yr[j] = x_hat * w[j] + b[j]
-    return pivot + mean_d, r
+    return mean, r
+
+
+@njit(**_jit_reduce)
+def _backward_row_sums(xr, gr, w, m):
+    """``(sum(d), sum(wdy), sum(wdy * d))`` in float64, with ``d = x - m``, ``wdy = w * dy``."""
+    s_d = 0.0
+    s_g = 0.0
+    s_gd = 0.0
+    for j in range(xr.shape[0]):
+        d = np.float64(xr[j] - m)
+        wdy = np.float64(gr[j] * w[j])
+        s_d += d
+        s_g += wdy
+        s_gd += wdy * d
+    return s_d, s_g, s_gd
 
 
 @njit(**_jit)
@@ -126,17 +149,9 @@ def _backward_rows(gy, x, mean, rstd, w, gx, dw_part, db_part, chunk, rows_per_c
         gxr = gx[i]
         m = cast(mean[i])
         r = np.float64(rstd[i])
-        # One pass for the row sums.  `corr` refines a mean stored in float32: the exact
-        # mean is m + corr, which keeps x_hat right for rows with a large offset.
-        s_d = 0.0
-        s_g = 0.0
-        s_gd = 0.0
-        for j in range(cols):
-            d = np.float64(xr[j] - m)
-            wdy = np.float64(gr[j] * w[j])
-            s_d += d
-            s_g += wdy
-            s_gd += wdy * d
+        # `corr` refines a mean stored in float32: the exact mean is m + corr, which keeps
+        # x_hat right for rows with a large offset.
+        s_d, s_g, s_gd = _backward_row_sums(xr, gr, w, m)
         corr = s_d * inv_c
         c1 = (s_gd - corr * s_g) * r * inv_c
         c2 = s_g * inv_c

@@ -1,0 +1,52 @@
+"""Naive float64 LayerNorm: the oracle every fastln kernel is held against.
+
+Written for clarity, not speed: NumPy over the flattened trailing dimensions, straight from
+the definitions (biased variance, ``1/sqrt(var + eps)``).  Arithmetic is ``np.longdouble``
+(64-bit mantissa on x86) and results are float64: a float64 mean of a row near 1e4 is itself
+rounded by 1e-12, which ``x - mean`` would carry into float64 tests of large offsets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _rows(a, k):
+    a = np.asarray(a, dtype=np.longdouble)
+    lead = a.shape[: a.ndim - k]
+    cols = int(np.prod(a.shape[a.ndim - k:], dtype=np.int64))
+    return a.reshape(int(np.prod(lead, dtype=np.int64)), cols), lead
+
+
+def forward(x, k=1, weight=None, bias=None, eps=1e-5):
+    """Return ``(y, mean, rstd)`` in float64; ``k`` trailing dims are normalised."""
+    x2, lead = _rows(x, k)
+    mean = x2.mean(axis=1) if x2.shape[1] else np.zeros(x2.shape[0], np.longdouble)
+    var = ((x2 - mean[:, None]) ** 2).mean(axis=1) if x2.shape[1] else np.full(x2.shape[0], np.nan, np.longdouble)
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = (x2 - mean[:, None]) * rstd[:, None]
+    if weight is not None:
+        y = y * np.asarray(weight, np.longdouble).reshape(-1)
+    if bias is not None:
+        y = y + np.asarray(bias, np.longdouble).reshape(-1)
+    f64 = np.float64
+    return y.reshape(np.shape(x)).astype(f64), mean.reshape(lead).astype(f64), rstd.reshape(lead).astype(f64)
+
+
+def backward(grad_y, x, k=1, weight=None, eps=1e-5):
+    """Return ``(grad_x, grad_weight, grad_bias)`` in float64, from exact statistics."""
+    x2, lead = _rows(x, k)
+    g2, _ = _rows(grad_y, k)
+    n = x2.shape[1]
+    mean = x2.mean(axis=1, keepdims=True)
+    var = ((x2 - mean) ** 2).mean(axis=1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)
+    x_hat = (x2 - mean) * rstd
+    w = np.ones(n, np.longdouble) if weight is None else np.asarray(weight, np.longdouble).reshape(-1)
+    wdy = g2 * w
+    gx = rstd * (wdy - wdy.mean(axis=1, keepdims=True) - x_hat * (wdy * x_hat).mean(axis=1, keepdims=True))
+    gw = (g2 * x_hat).sum(axis=0)
+    gb = g2.sum(axis=0)
+    shape = np.shape(x)[np.ndim(x) - k:]
+    f64 = np.float64
+    return gx.reshape(np.shape(x)).astype(f64), gw.reshape(shape).astype(f64), gb.reshape(shape).astype(f64)

@@ -1,0 +1,132 @@
+"""The NumPy API contract: shapes, dtypes, normalized_shape forms, strides, no mutation."""
+
+import numpy as np
+import pytest
+
+import fastln
+from tests import reference
+
+TOL = {np.float32: 2e-6, np.float64: 1e-12}
+
+SHAPES = [
+    ((1, 1), 1),
+    ((2, 3), 1),
+    ((7,), 1),
+    ((5, 1), 1),
+    ((3, 4, 5), 1),
+    ((3, 4, 5), 2),
+    ((2, 3, 4, 5), 3),
+    ((2, 3, 4, 5), 2),
+    ((0, 8), 1),
+    ((3, 0, 8), 1),
+    ((513, 768), 1),
+    ((64, 1537), 1),
+    ((2, 65536), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,k", SHAPES)
+@pytest.mark.parametrize("affine", [False, True])
+def test_forward_matches_reference(rng, shape, k, dtype, affine):
+    x = rng.standard_normal(shape).astype(dtype)
+    norm = shape[len(shape) - k:]
+    w = rng.standard_normal(norm).astype(dtype) if affine else None
+    b = rng.standard_normal(norm).astype(dtype) if affine else None
+    y, mean, rstd = fastln.layer_norm_forward(x, norm, w, b)
+    ry, rmean, rrstd = reference.forward(x, k, w, b)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    stat = np.float64 if dtype == np.float64 else np.float32
+    assert mean.shape == shape[: len(shape) - k] and mean.dtype == stat and rstd.dtype == stat
+    scale = 1.0 if w is None else 1.0 + np.abs(w).max() + np.abs(b).max()
+    np.testing.assert_allclose(y, ry, rtol=0, atol=TOL[dtype] * scale)
+    np.testing.assert_allclose(mean, rmean, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(rstd, rrstd, rtol=TOL[dtype] * 2)
+
+
+@pytest.mark.parametrize("form", [None, -1, "int", "tuple", "list", "npint"])
+def test_normalized_shape_forms(rng, form):
+    x = rng.standard_normal((4, 6))
+    arg = {None: None, -1: None, "int": 6, "tuple": (6,), "list": [6], "npint": np.int64(6)}[form]
+    np.testing.assert_allclose(fastln.layer_norm(x, arg), reference.forward(x)[0], atol=1e-12)
+
+
+def test_layer_norm_equals_forward_output(rng):
+    x = rng.standard_normal((8, 33)).astype(np.float32)
+    np.testing.assert_array_equal(fastln.layer_norm(x), fastln.layer_norm_forward(x)[0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: a.T,
+        lambda a: a[:, ::2],
+        lambda a: a[::3],
+        lambda a: np.asfortranarray(a),
+        lambda a: a[:, 1:-1],
+    ],
+    ids=["transpose", "col-stride", "row-stride", "fortran", "offset"],
+)
+def test_strided_inputs_match_contiguous_copy(rng, make):
+    base = rng.standard_normal((48, 40)).astype(np.float32)
+    x = make(base)
+    before = base.copy()
+    y, m, r = fastln.layer_norm_forward(x)
+    y2, m2, r2 = fastln.layer_norm_forward(np.ascontiguousarray(x))
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(m, m2)
+    np.testing.assert_array_equal(base, before)
+
+
+def test_inputs_never_modified(rng):
+    x = rng.standard_normal((64, 100)).astype(np.float32)
+    w, b, g = rng.standard_normal(100), rng.standard_normal(100), rng.standard_normal((64, 100))
+    copies = [a.copy() for a in (x, w, b, g)]
+    y, m, r = fastln.layer_norm_forward(x, 100, w, b)
+    mr = m.copy(), r.copy()
+    fastln.layer_norm_backward(g, x, m, r, w)
+    for a, c in zip((x, w, b, g), copies):
+        np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(m, mr[0])
+    np.testing.assert_array_equal(r, mr[1])
+
+
+def test_read_only_input(rng):
+    x = rng.standard_normal((10, 20))
+    x.setflags(write=False)
+    np.testing.assert_allclose(fastln.layer_norm(x), reference.forward(x)[0], atol=1e-12)
+
+
+def test_float16_computed_in_float32(rng):
+    x = rng.standard_normal((16, 64)).astype(np.float16)
+    y, m, r = fastln.layer_norm_forward(x)
+    assert y.dtype == np.float16 and m.dtype == np.float32
+    np.testing.assert_allclose(y, reference.forward(x)[0], atol=4e-3)
+
+
+def test_lists_are_accepted(rng):
+    y = fastln.layer_norm([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]])
+    np.testing.assert_allclose(y, reference.forward(np.array([[1.0, 2, 3], [4, 5, 7]]))[0], atol=1e-12)
+
+
+def test_mixed_precision_weight_is_cast(rng):
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    w = rng.standard_normal(8)  # float64
+    y = fastln.layer_norm(x, 8, w)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, reference.forward(x, 1, w)[0], atol=1e-5)
+
+
+def test_zero_columns_match_torch_convention():
+    # torch: mean 0, rstd nan for an empty row; y is empty.
+    y, m, r = fastln.layer_norm_forward(np.ones((3, 0), np.float32))
+    assert y.shape == (3, 0)
+    np.testing.assert_array_equal(m, np.zeros(3))
+    assert np.isnan(r).all()
+
+
+def test_seed_example_2x3():
+    x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=np.float32)
+    y = fastln.layer_norm(x, (3,))
+    expect = np.array([-1.2247357, 0.0, 1.2247357], dtype=np.float32)
+    np.testing.assert_allclose(y, np.stack([expect, expect]), atol=2e-6)
