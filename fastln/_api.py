@@ -144,11 +144,11 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
     lay = _checks.layout(x.shape, normalized_shape)
     if grad_y.shape != x.shape:
         raise ValueError(f"grad_y must have the shape of x {x.shape}, got {grad_y.shape}")
-    mean = _checks.check_stat(mean, "mean", lay, x.dtype)
-    rstd = _checks.check_stat(rstd, "rstd", lay, x.dtype)
     param_grads = weight is not None
     dtype = _checks.compute_dtype(x.dtype)
     w = _checks.affine_vector(weight, "weight", lay, 1.0, dtype)
+    mean = _checks.check_stat(mean, "mean", lay, x.dtype)
+    rstd = _checks.check_stat(rstd, "rstd", lay, x.dtype)
     x2 = _checks.as_rows(x, lay, dtype)
     gy2 = _checks.as_rows(grad_y, lay, dtype)
     gx = np.empty_like(x2)

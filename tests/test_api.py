@@ -85,7 +85,7 @@ def test_inputs_never_modified(rng):
     y, m, r = fastln.layer_norm_forward(x, 100, w, b)
     mr = m.copy(), r.copy()
     fastln.layer_norm_backward(g, x, m, r, w)
-    for a, c in zip((x, w, b, g), copies):
+    for a, c in zip((x, w, b, g), copies, strict=True):
         np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(m, mr[0])
     np.testing.assert_array_equal(r, mr[1])

@@ -7,7 +7,6 @@ import fastln
 from tests import reference
 
 
-
 def _hard_rows(name, rng):
     if name == "offset-1e4-std-1e-2":
         return (1e4 + 1e-2 * rng.standard_normal((64, 768))).astype(np.float32)

@@ -1,0 +1,101 @@
+"""Fused backward against the float64 reference and torch; determinism across threads."""
+
+import numba
+import numpy as np
+import pytest
+
+import fastln
+from fastln import _config
+from tests import reference
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-11)])
+@pytest.mark.parametrize(
+    "shape,k", [((1, 1), 1), ((2, 3), 1), ((4, 5, 6), 2), ((300, 257), 1), ((2000, 64), 1), ((3, 70000), 1)]
+)
+@pytest.mark.parametrize("affine", [False, True])
+def test_backward_matches_reference(rng, shape, k, dtype, tol, affine):
+    x = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    norm = shape[len(shape) - k:]
+    w = rng.standard_normal(norm).astype(dtype) if affine else None
+    _, mean, rstd = fastln.layer_norm_forward(x, norm, w)
+    gx, gw, gb = fastln.layer_norm_backward(g, x, mean, rstd, w, norm)
+    rgx, rgw, rgb = reference.backward(g, x, k, w)
+    assert gx.shape == x.shape and gx.dtype == x.dtype
+    scale = np.abs(rgx).max() + 1
+    np.testing.assert_allclose(gx, rgx, rtol=0, atol=tol * scale)
+    if affine:
+        assert gw.shape == norm and gw.dtype == x.dtype
+        np.testing.assert_allclose(gw, rgw, rtol=0, atol=tol * (np.abs(rgw).max() + np.sqrt(x.size)))
+        np.testing.assert_allclose(gb, rgb, rtol=0, atol=tol * (np.abs(rgb).max() + np.sqrt(x.size)))
+    else:
+        assert gw is None and gb is None
+
+
+def test_backward_large_offset_uses_refined_mean(rng):
+    """A float32 mean of a row at 1e4 is rounded by 5e-4 (0.05 std); backward must not care."""
+    x = (1e4 + 1e-2 * rng.standard_normal((16, 512))).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    _, mean, rstd = fastln.layer_norm_forward(x)
+    gx, _, _ = fastln.layer_norm_backward(g, x, mean, rstd)
+    rgx = reference.backward(g, x)[0]
+    assert np.abs(gx - rgx).max() <= 2e-5 * np.abs(rgx).max()
+
+
+def test_backward_accepts_torch_keepdim_stats(rng):
+    x = rng.standard_normal((6, 10))
+    g = rng.standard_normal((6, 10))
+    _, mean, rstd = fastln.layer_norm_forward(x)
+    a = fastln.layer_norm_backward(g, x, mean, rstd)[0]
+    b = fastln.layer_norm_backward(g, x, mean[:, None], rstd[:, None])[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_backward_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((64, 3, 40)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal((3, 40)).astype(np.float32)
+    b = rng.standard_normal((3, 40)).astype(np.float32)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    torch.nn.functional.layer_norm(xt, (3, 40), wt, bt).backward(torch.from_numpy(g))
+    _, mean, rstd = fastln.layer_norm_forward(x, (3, 40), w, b)
+    gx, gw, gb = fastln.layer_norm_backward(g, x, mean, rstd, w)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), atol=1e-5)
+    np.testing.assert_allclose(gw, wt.grad.numpy(), atol=1e-4)
+    np.testing.assert_allclose(gb, bt.grad.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(4096, 256), (64, 65536), (100003, 3)])
+def test_bitwise_identical_across_thread_counts(rng, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(shape[1]).astype(np.float32)
+    results = []
+    saved = numba.get_num_threads()
+    try:
+        for n in sorted({1, saved}):
+            numba.set_num_threads(n)
+            for _ in range(2):
+                y, m, r = fastln.layer_norm_forward(x, None, w, w)
+                results.append((y, m, r) + fastln.layer_norm_backward(g, x, m, r, w))
+    finally:
+        numba.set_num_threads(saved)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_serial_and_parallel_kernels_agree(rng, monkeypatch):
+    x = rng.standard_normal((4000, 100)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal(100).astype(np.float32)
+    y, m, r = fastln.layer_norm_forward(x, None, w)
+    par = fastln.layer_norm_backward(g, x, m, r, w)
+    monkeypatch.setattr(_config, "SERIAL_BELOW", 1 << 62)
+    y2, m2, r2 = fastln.layer_norm_forward(x, None, w)
+    ser = fastln.layer_norm_backward(g, x, m, r, w)
+    np.testing.assert_array_equal(y, y2)
+    for a, b in zip(par, ser, strict=True):
+        np.testing.assert_array_equal(a, b)
