@@ -106,8 +106,8 @@ def chunking(rows: int, cols: int) -> tuple[int, int]:
         max(2, _config.MAX_PARTIAL_BYTES // max(16 * cols, 1)),
     )
     n_chunks = max(1, n_chunks)
-    rows_per_chunk = -(-rows // n_chunks)
-    return -(-rows // rows_per_chunk), rows_per_chunk
+    rows_per_chunk = max(1, -(-rows // n_chunks))
+    return max(1, -(-rows // rows_per_chunk)), rows_per_chunk
 
 
 def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=None):
@@ -143,7 +143,7 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
         normalized_shape = np.shape(weight) or None
     lay = _checks.layout(x.shape, normalized_shape)
     if grad_y.shape != x.shape:
-        raise ValueError(f"grad_y must have the shape of x {x.shape}, got {grad_y.shape}")
+        raise _checks.ShapeError(f"grad_y must have the shape of x {x.shape}, got {grad_y.shape}")
     param_grads = weight is not None
     dtype = _checks.compute_dtype(x.dtype)
     w = _checks.affine_vector(weight, "weight", lay, 1.0, dtype)

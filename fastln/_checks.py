@@ -18,6 +18,11 @@ NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F16 = np.dtype(np.float16)
 
 
+class ShapeError(ValueError, RuntimeError):
+    """A shape that does not fit: a ``ValueError`` for NumPy users, and a ``RuntimeError``
+    as torch raises for the same mistake, so the bridge's users catch what they expect."""
+
+
 class Layout(NamedTuple):
     """How an input splits into rows: ``x.shape == lead_shape + norm_shape``."""
 
@@ -60,7 +65,7 @@ def as_float_array(x, name: str) -> np.ndarray:
 def normalize_shape(normalized_shape, x_shape: tuple) -> tuple:
     """Canonical ``normalized_shape`` tuple, checked against the trailing dims of ``x``."""
     if len(x_shape) == 0:
-        raise ValueError("x must have at least one dimension, got a 0-d array")
+        raise ShapeError("x must have at least one dimension, got a 0-d array")
     if normalized_shape is None:
         return (x_shape[-1],)
     if isinstance(normalized_shape, (str, bytes)) or normalized_shape is True or normalized_shape is False:
@@ -81,11 +86,11 @@ def normalize_shape(normalized_shape, x_shape: tuple) -> tuple:
                 f"got {normalized_shape!r}"
             ) from None
     if len(dims) == 0:
-        raise ValueError("normalized_shape must have at least one dimension, got ()")
+        raise ShapeError("normalized_shape must have at least one dimension, got ()")
     if any(d < 0 for d in dims):
-        raise ValueError(f"normalized_shape must be non-negative, got {dims}")
+        raise ShapeError(f"normalized_shape must be non-negative, got {dims}")
     if len(dims) > len(x_shape) or tuple(x_shape[len(x_shape) - len(dims):]) != dims:
-        raise ValueError(
+        raise ShapeError(
             f"normalized_shape={dims} must match the trailing dimensions of x, "
             f"but x has shape {tuple(x_shape)}"
         )
@@ -117,7 +122,7 @@ def affine_vector(p, name: str, lay: Layout, fill: float, dtype: np.dtype) -> np
         raise TypeError(f"{name} is a CUDA array but x is on the CPU: put both on one device")
     p = as_float_array(p, name)
     if p.shape != lay.norm_shape:
-        raise ValueError(
+        raise ShapeError(
             f"{name} must have shape normalized_shape={lay.norm_shape}, got {p.shape}"
         )
     return np.ascontiguousarray(p, dtype=dtype).reshape(lay.cols)
@@ -147,7 +152,7 @@ def check_stat(s, name: str, lay: Layout, x_dtype: np.dtype) -> np.ndarray:
     s = as_float_array(s, name)
     keepdim = lay.lead_shape + (1,) * len(lay.norm_shape)
     if s.shape != lay.lead_shape and s.shape != keepdim:
-        raise ValueError(
+        raise ShapeError(
             f"{name} must have shape {lay.lead_shape} (the leading dims of x), got {s.shape}"
         )
     return np.ascontiguousarray(s, dtype=stats_dtype(x_dtype)).reshape(lay.rows)

@@ -1,0 +1,258 @@
+"""The PyTorch bridge: same results as torch, zero copies, autograd, compile, modules."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import fastln  # noqa: E402
+import fastln.torch as ft  # noqa: E402
+from fastln import _api  # noqa: E402
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def _params(norm, dtype, affine, bias, requires_grad=True):
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(norm, dtype=dtype, generator=g).requires_grad_(requires_grad) if affine else None
+    b = torch.randn(norm, dtype=dtype, generator=g).requires_grad_(requires_grad) if affine and bias else None
+    return w, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [(), (5,), (0, 3), (2, 3), (2, 1, 3)])
+@pytest.mark.parametrize("norm", [(7,), (3, 4), (2, 3, 5)])
+@pytest.mark.parametrize("affine,bias", [(False, False), (True, True), (True, False)])
+def test_values_and_grads_match_torch(dtype, batch, norm, affine, bias):
+    x = torch.randn(batch + norm, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    w, b = _params(norm, dtype, affine, bias)
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    y1 = ft.layer_norm(x1, norm, w, b)
+    y2 = F.layer_norm(x2, norm, w, b)
+    tol = TOL[dtype]
+    torch.testing.assert_close(y1, y2, atol=tol, rtol=tol)
+    gy = torch.randn_like(y1)
+    grads1 = torch.autograd.grad(y1, [t for t in (x1, w, b) if t is not None], gy, allow_unused=True)
+    grads2 = torch.autograd.grad(y2, [t for t in (x2, w, b) if t is not None], gy, allow_unused=True)
+    for g1, g2 in zip(grads1, grads2, strict=True):
+        torch.testing.assert_close(g1, g2, atol=tol * 10, rtol=tol)
+
+
+def test_gradcheck_float64():
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: ft.layer_norm(a[0], (4, 5), a[1], a[2]), (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: ft.LayerNormFunction.apply(a[0], (4, 5), a[1], a[2], 1e-5), (x, w, b))
+
+
+def test_layer_norm_function_apply_matches_torch():
+    x = torch.randn(6, 10, requires_grad=True)
+    w = torch.randn(10, requires_grad=True)
+    b = torch.randn(10, requires_grad=True)
+    y = ft.LayerNormFunction.apply(x, 10, w, b, 1e-3)
+    torch.testing.assert_close(y, F.layer_norm(x, (10,), w, b, 1e-3))
+    y.square().sum().backward()
+    got = [t.grad.clone() for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    F.layer_norm(x, (10,), w, b, 1e-3).square().sum().backward()
+    for g, t in zip(got, (x, w, b), strict=True):
+        torch.testing.assert_close(g, t.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_only_needed_grads_are_computed():
+    x = torch.randn(4, 8)
+    w = torch.randn(8, requires_grad=True)
+    y = ft.layer_norm(x, 8, w, None)
+    (gw,) = torch.autograd.grad(y.sum() * 0 + (y * y).sum(), [w])
+    x2 = x.clone()
+    w2 = w.detach().clone().requires_grad_()
+    (gw2,) = torch.autograd.grad((F.layer_norm(x2, (8,), w2) ** 2).sum(), [w2])
+    torch.testing.assert_close(gw, gw2)
+    assert x.grad is None
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_half_types(dtype, tol):
+    x = torch.randn(16, 64).to(dtype).requires_grad_()
+    w = torch.randn(64).to(dtype).requires_grad_()
+    b = torch.randn(64).to(dtype).requires_grad_()
+    y = ft.layer_norm(x, 64, w, b)
+    assert y.dtype == dtype
+    ref = F.layer_norm(x.float(), (64,), w.float(), b.float())
+    torch.testing.assert_close(y.float(), ref, atol=tol * 4, rtol=tol)
+    y.float().sum().backward()
+    assert x.grad.dtype == dtype and w.grad.dtype == dtype
+
+
+def test_zero_copy_through_dlpack(monkeypatch):
+    """The kernel reads the input tensor's memory and writes straight into the output tensor."""
+    seen = {}
+    real = _api.run_forward
+
+    def spy(x2, w, b, eps, y, mean, rstd):
+        seen.update(x=x2.ctypes.data, y=y.ctypes.data, mean=mean.ctypes.data)
+        return real(x2, w, b, eps, y, mean, rstd)
+
+    monkeypatch.setattr(_api, "run_forward", spy)
+    x = torch.randn(32, 64, requires_grad=True)
+    y, mean, rstd = torch.ops.fastln.forward(x, [64], None, None, 1e-5)
+    assert seen["x"] == x.data_ptr()
+    assert seen["y"] == y.data_ptr()
+    assert seen["mean"] == mean.data_ptr()
+
+
+def test_non_contiguous_input():
+    x = torch.randn(20, 30).t()
+    torch.testing.assert_close(ft.layer_norm(x, 20), F.layer_norm(x, (20,)))
+
+
+def test_double_backward_raises_clearly():
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    y = ft.layer_norm(x, 6)
+    (gx,) = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+    y = ft.LayerNormFunction.apply(x, 6, None, None, 1e-5)
+    (gx,) = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
+
+
+def test_opcheck():
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    w = torch.randn(5, requires_grad=True)
+    b = torch.randn(5, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastln.forward.default, (x, [5], w, b, 1e-5))
+    torch.library.opcheck(torch.ops.fastln.forward.default, (x, [4, 5], None, None, 1e-5))
+    _, mean, rstd = torch.ops.fastln.forward(x, [5], w, b, 1e-5)
+    torch.library.opcheck(
+        torch.ops.fastln.backward.default,
+        (torch.randn(3, 4, 5), x.detach(), mean, rstd, w.detach(), [5], [True, True, True]),
+    )
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(16, 32), ft.LayerNorm(32), nn.GELU(), nn.Linear(32, 4))
+    ref = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 4))
+    ref.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(8, 16)
+    out = compiled(x)
+    torch.testing.assert_close(out, ref(x), atol=1e-5, rtol=1e-5)
+    out.square().sum().backward()
+    ref(x).square().sum().backward()
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_module_is_drop_in():
+    m = ft.LayerNorm((4, 5), eps=1e-3, elementwise_affine=True, bias=False, dtype=torch.float64)
+    ref = nn.LayerNorm((4, 5), eps=1e-3, elementwise_affine=True, bias=False, dtype=torch.float64)
+    assert isinstance(m, nn.LayerNorm)
+    assert repr(m) == repr(ref)
+    assert m.state_dict().keys() == ref.state_dict().keys()
+    with torch.no_grad():
+        ref.weight.normal_()
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    torch.testing.assert_close(m(x), ref(x))
+    m.reset_parameters()
+    assert torch.all(m.weight == 1)
+    plain = ft.LayerNorm(7, elementwise_affine=False)
+    assert plain.weight is None and plain.bias is None
+    assert list(plain.state_dict()) == []
+
+
+def test_replace_layer_norms_keeps_parameters():
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 2)
+    params_before = {n: p for n, p in model.named_parameters()}
+    out = ft.replace_layer_norms(model)
+    assert out is model
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and all(type(m) is ft.LayerNorm for m in norms)
+    for n, p in model.named_parameters():
+        assert p is params_before[n]
+    single = ft.replace_layer_norms(nn.LayerNorm(3))
+    assert type(single) is ft.LayerNorm
+
+
+def test_transformer_training_follows_same_loss_curve():
+    torch.manual_seed(0)
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True), 2),
+            nn.Linear(32, 1),
+        )
+
+    x = torch.randn(8, 10, 32, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(8, 10, 1, generator=torch.Generator().manual_seed(2))
+    curves = []
+    for swap in (False, True):
+        model = make()
+        if swap:
+            ft.replace_layer_norms(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        losses = []
+        for _ in range(5):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), target)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curves.append(losses)
+    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-5)
+    assert curves[0][-1] < curves[0][0]
+
+
+# --- the seed article's three examples --------------------------------------------------
+def test_seed_example_basic_2x3():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    torch.testing.assert_close(ft.LayerNorm(3)(x), nn.LayerNorm(3)(x))
+
+
+def test_seed_example_custom_eps():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    torch.testing.assert_close(ft.LayerNorm(3, eps=1e-2)(x), nn.LayerNorm(3, eps=1e-2)(x))
+
+
+def test_seed_example_after_rnn():
+    torch.manual_seed(0)
+    rnn = nn.RNN(input_size=10, hidden_size=20, num_layers=2, batch_first=True)
+    x = torch.randn(32, 20, 10)
+    out, _ = rnn(x)
+    torch.testing.assert_close(ft.LayerNorm(20)(out), nn.LayerNorm(20)(out), atol=1e-5, rtol=1e-5)
+
+
+# --- errors, with torch's conventions ---------------------------------------------------
+@pytest.mark.parametrize(
+    "call,exc,pattern",
+    [
+        (lambda x: ft.layer_norm(x, (5,)), RuntimeError, r"normalized_shape=\(5,\) must match"),
+        (lambda x: ft.layer_norm(x, (4,), torch.ones(5)), RuntimeError, r"weight of shape \[5\]"),
+        (lambda x: ft.layer_norm(x, (4,), None, torch.ones(3)), RuntimeError, r"bias of shape \[3\]"),
+        (lambda x: ft.layer_norm(x.int(), (4,)), TypeError, r"floating-point tensor .* torch.int32"),
+        (lambda x: ft.layer_norm(x, (4,), torch.ones(4, device="meta")), RuntimeError, r"same device"),
+        (lambda x: ft.layer_norm(x, (4,), torch.ones(4, dtype=torch.int64)), TypeError, r"weight must be a floating"),
+        (lambda x: ft.layer_norm(x.numpy(), (4,)), TypeError, r"input must be a Tensor"),
+        (lambda x: ft.layer_norm(torch.tensor(1.0), ()), RuntimeError, r"0-d|at least one"),
+        (lambda x: ft.LayerNorm(5)(x), RuntimeError, r"must match"),
+    ],
+)
+def test_errors_follow_torch_conventions(call, exc, pattern):
+    x = torch.randn(3, 4)
+    with pytest.raises(exc, match=pattern):
+        call(x)
+
+
+def test_numpy_api_still_value_error_for_shapes():
+    with pytest.raises(ValueError):
+        fastln.layer_norm(np.ones((3, 4)), 5)
