@@ -59,11 +59,10 @@ def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-
     mean = np.empty(lay.rows, stat)
     rstd = np.empty(lay.rows, stat)
     run_forward(x2, w, b, eps, y, mean, rstd)
-    return (
-        y.reshape(x.shape).astype(x.dtype, copy=False),
-        mean.reshape(lay.lead_shape),
-        rstd.reshape(lay.lead_shape),
-    )
+    y = y.reshape(x.shape)
+    if y.dtype != x.dtype:  # float16 data, computed in float32
+        y = y.astype(x.dtype)
+    return y, mean.reshape(lay.lead_shape), rstd.reshape(lay.lead_shape)
 
 
 def run_forward(x2, w, b, eps, y, mean, rstd):
@@ -156,24 +155,29 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
     part_cols = lay.cols if param_grads else 0
     dw_part = np.zeros((n_chunks, part_cols))
     db_part = np.zeros((n_chunks, part_cols))
-    run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, rows_per_chunk, param_grads)
-    grad_x = gx.reshape(x.shape).astype(x.dtype, copy=False)
+    dw = np.empty(part_cols, dtype)
+    db = np.empty(part_cols, dtype)
+    run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk)
+    grad_x = gx.reshape(x.shape)
+    if dtype != x.dtype:  # float16 data, computed in float32
+        grad_x, dw, db = grad_x.astype(x.dtype), dw.astype(x.dtype), db.astype(x.dtype)
     if not param_grads:
         return grad_x, None, None
-    # Chunks summed in index order by NumPy: the same order whatever ran the chunks.
-    dw = dw_part.sum(axis=0).astype(x.dtype).reshape(lay.norm_shape)
-    db = db_part.sum(axis=0).astype(x.dtype).reshape(lay.norm_shape)
-    return grad_x, dw, db
+    return grad_x, dw.reshape(lay.norm_shape), db.reshape(lay.norm_shape)
 
 
-def run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, rows_per_chunk, param_grads):
-    """Pick the serial or parallel backward kernel (no checks)."""
+def run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk):
+    """Pick the serial or parallel backward kernel (no checks).
+
+    ``dw``/``db`` of length 0 mean no parameter gradients; else they receive the sums of
+    the zeroed ``(n_chunks, cols)`` float64 partials.
+    """
     if x2.shape[0] == 0:
+        dw[:] = 0
+        db[:] = 0
         return
     if x2.size < _config.SERIAL_BELOW or dw_part.shape[0] == 1:
-        cpu.backward_serial(gy2, x2, mean, rstd, w, gx, dw_part, db_part, rows_per_chunk, param_grads)
+        cpu.backward_serial(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk)
     else:
         with parallel_guard():
-            cpu.backward_parallel(
-                gy2, x2, mean, rstd, w, gx, dw_part, db_part, rows_per_chunk, param_grads
-            )
+            cpu.backward_parallel(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk)

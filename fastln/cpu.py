@@ -189,6 +189,7 @@ def _forward_at(x, w, b, eps, y, mean, rstd, i):
 #   w, b         : (cols,) the data's dtype (ones / zeros when the caller has none)
 #   mean, rstd   : (rows,) float32 for float32 data, float64 for float64 data
 #   dw_part, db_part : (n_chunks, cols) float64, zeroed by the caller
+#   dw, db       : (cols,) the data's dtype, or (0,) for no parameter gradients
 # ---------------------------------------------------------------------------------------
 @njit(parallel=True, **_jit)
 def forward_parallel(x, w, b, eps, y, mean, rstd):
@@ -204,15 +205,35 @@ def forward_serial(x, w, b, eps, y, mean, rstd):
         _forward_at(x, w, b, eps, y, mean, rstd, i)
 
 
+@njit(**_jit)
+def _reduce_partials(dw_part, db_part, dw, db):
+    """dw/db = sum of the chunk partials, in chunk order (the same for any thread count)."""
+    for j in range(dw.shape[0]):
+        sw = 0.0
+        sb = 0.0
+        for c in range(dw_part.shape[0]):
+            sw += dw_part[c, j]
+            sb += db_part[c, j]
+        dw[j] = sw
+        db[j] = sb
+
+
 @njit(parallel=True, **_jit)
-def backward_parallel(gy, x, mean, rstd, w, gx, dw_part, db_part, rows_per_chunk, param_grads):
-    """Fused LayerNorm backward, one task per fixed chunk of rows."""
+def backward_parallel(gy, x, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk):
+    """Fused LayerNorm backward, one task per fixed chunk of rows, then dw/db reduced.
+
+    ``dw``/``db`` of length 0 skip the parameter gradients.
+    """
+    param_grads = dw.shape[0] > 0
     for c in prange(dw_part.shape[0]):
         _backward_rows(gy, x, mean, rstd, w, gx, dw_part, db_part, c, rows_per_chunk, param_grads)
+    _reduce_partials(dw_part, db_part, dw, db)
 
 
 @njit(**_jit)
-def backward_serial(gy, x, mean, rstd, w, gx, dw_part, db_part, rows_per_chunk, param_grads):
+def backward_serial(gy, x, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk):
     """Fused LayerNorm backward on the calling thread (same chunks, same order)."""
+    param_grads = dw.shape[0] > 0
     for c in range(dw_part.shape[0]):
         _backward_rows(gy, x, mean, rstd, w, gx, dw_part, db_part, c, rows_per_chunk, param_grads)
+    _reduce_partials(dw_part, db_part, dw, db)

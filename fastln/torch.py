@@ -17,7 +17,6 @@ float16 and bfloat16 tensors are computed in float32 (statistics float32, output
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -81,20 +80,13 @@ def _rows_view(t: Tensor, rows: int, cols: int) -> np.ndarray:
     return np.from_dlpack(t.detach()).reshape(rows, cols)
 
 
-@functools.lru_cache(maxsize=64)
-def _constant_vector(cols: int, value: float, dtype: np.dtype) -> np.ndarray:
-    v = np.full(cols, value, dtype)
-    v.setflags(write=False)  # shared between calls: the kernels only read it
-    return v
-
-
 _NUMPY_OF = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 def _param_vector(p: Tensor | None, cols: int, fill: float, dtype: torch.dtype) -> np.ndarray:
     """weight/bias as a (cols,) vector in the compute dtype (no copy when it already is)."""
     if p is None:
-        return _constant_vector(cols, fill, _NUMPY_OF[dtype])
+        return _checks.constant_vector(cols, fill, _NUMPY_OF[dtype])
     return np.from_dlpack(p.detach().to(dtype).contiguous()).reshape(cols)
 
 
@@ -139,28 +131,25 @@ def _backward_impl(grad_y, x, mean, rstd, weight, normalized_shape, output_mask)
     param_grads = weight is not None and (output_mask[1] or output_mask[2])
     n_chunks, rows_per_chunk = _api.chunking(rows, cols)
     part_cols = cols if param_grads else 0
-    dw_part = np.zeros((n_chunks, part_cols))
-    db_part = np.zeros((n_chunks, part_cols))
-    if rows:
-        _api.run_backward(
-            _rows_view(gyc, rows, cols),
-            _rows_view(xc, rows, cols),
-            np.from_dlpack(mean.detach().contiguous()).reshape(rows),
-            np.from_dlpack(rstd.detach().contiguous()).reshape(rows),
-            _param_vector(weight, cols, 1.0, cdt),
-            _rows_view(gx, rows, cols),
-            dw_part,
-            db_part,
-            rows_per_chunk,
-            param_grads,
-        )
-    empty = x.new_empty((0,))
+    dw = torch.empty(part_cols, dtype=cdt)
+    db = torch.empty(part_cols, dtype=cdt)
+    _api.run_backward(
+        _rows_view(gyc, rows, cols),
+        _rows_view(xc, rows, cols),
+        np.from_dlpack(mean.detach().contiguous()).reshape(rows),
+        np.from_dlpack(rstd.detach().contiguous()).reshape(rows),
+        _param_vector(weight, cols, 1.0, cdt),
+        _rows_view(gx, rows, cols),
+        np.zeros((n_chunks, part_cols)),
+        np.zeros((n_chunks, part_cols)),
+        np.from_dlpack(dw),
+        np.from_dlpack(db),
+        rows_per_chunk,
+    )
     if not param_grads:
+        empty = x.new_empty((0,))
         return gx.to(x.dtype), empty, empty.clone()
-    pdt = weight.dtype
-    gw = torch.from_numpy(dw_part.sum(axis=0)).to(pdt).reshape(norm)
-    gb = torch.from_numpy(db_part.sum(axis=0)).to(pdt).reshape(norm)
-    return gx.to(x.dtype), gw, gb
+    return gx.to(x.dtype), dw.to(weight.dtype).reshape(norm), db.to(weight.dtype).reshape(norm)
 
 
 # ---------------------------------------------------------------------------------------

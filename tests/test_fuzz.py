@@ -13,6 +13,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import fastln  # noqa: E402
 import fastln.torch as ft  # noqa: E402
+from tests import reference  # noqa: E402
 
 SPECIALS = [0.0, -0.0, 1.0, 1e30, -1e30, 1e-30, np.nan, np.inf, -np.inf]
 
@@ -49,6 +50,22 @@ def _close(a, b, dtype, scale=1.0):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol, equal_nan=True)
 
 
+def _agree_or_better(ours, theirs, exact, dtype, scale=1.0):
+    """Agree with torch, or else be at least as close as torch to the exact answer.
+
+    torch is no exact oracle on ill-conditioned rows (std far below |mean|): the campaign
+    found torch float64 giving [0.99700504, -0.99700503] for a two-element row whose exact
+    answer is symmetric, and asymmetric gradients for another; fastln gave the exact ones.
+    """
+    try:
+        _close(ours, theirs, dtype, scale)
+    except AssertionError:
+        ok = np.isfinite(exact)
+        err_ours = np.abs(ours - exact)[ok].max(initial=0)
+        err_torch = np.abs(theirs - exact)[ok].max(initial=0)
+        assert err_ours <= err_torch, (err_ours, err_torch)
+
+
 def _t64(a):
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
 
@@ -65,7 +82,8 @@ def test_numpy_api_agrees_with_torch(case):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ay))
     finite = np.isfinite(ay)
     scale = 1 + (0 if w is None else np.abs(w).max(initial=0)) + (0 if b is None else np.abs(b).max(initial=0))
-    _close(y[finite], ay[finite], x.dtype, scale=scale)
+    exact = reference.forward(x, len(norm), w, b, eps)[0]
+    _agree_or_better(y[finite], ay[finite], exact[finite], x.dtype, scale=scale)
     assert mean.shape == tmean.shape[: mean.ndim]
 
 
@@ -80,13 +98,16 @@ def test_torch_bridge_values_and_grads_agree_with_torch(case):
     bs = [None if b is None else torch.from_numpy(b.astype(np.float64)).requires_grad_() for _ in range(2)]
     y1 = ft.layer_norm(xs[0], norm, ws[0], bs[0], eps)
     y2 = F.layer_norm(xs[1], norm, ws[1], bs[1], eps)
-    _close(y1.detach().numpy(), y2.detach().numpy(), np.float64, scale=1e3)
+    exact = reference.forward(x64.numpy(), len(norm), w, b, eps)[0]
+    _agree_or_better(y1.detach().numpy(), y2.detach().numpy(), exact, np.float64, scale=1e3)
     if y1.numel() == 0:
         return
     gy = torch.ones_like(y1) + torch.arange(y1.numel(), dtype=torch.float64).reshape(y1.shape) % 3
     (y1 * gy).sum().backward()
     (y2 * gy).sum().backward()
-    for a, c in ((xs[0], xs[1]), (ws[0], ws[1]), (bs[0], bs[1])):
+    k = len(norm)
+    rgx, rgw, rgb = reference.backward(gy.numpy(), x64.numpy(), k, w, eps)
+    for a, c, exact in ((xs[0], xs[1], rgx), (ws[0], ws[1], rgw), (bs[0], bs[1], rgb)):
         if a is not None:
             scale = 1e3 * (1 + float(c.grad.abs().max()))
-            _close(a.grad.numpy(), c.grad.numpy(), np.float64, scale=scale)
+            _agree_or_better(a.grad.numpy(), c.grad.numpy(), exact, np.float64, scale=scale)

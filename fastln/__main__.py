@@ -1,0 +1,5 @@
+import sys
+
+from fastln.cli import main
+
+sys.exit(main())
