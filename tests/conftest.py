@@ -1,8 +1,13 @@
 import os
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
+# CI has no GPU: run the CUDA tests through Numba's simulator unless a real GPU is asked for.
+# Must happen before anything imports numba.cuda (fastln itself never does at import).
+if os.environ.get("FASTLN_TEST_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -18,6 +18,7 @@ def _rows(a, k):
     return a.reshape(int(np.prod(lead, dtype=np.int64)), cols), lead
 
 
+@np.errstate(invalid="ignore", divide="ignore", over="ignore")
 def forward(x, k=1, weight=None, bias=None, eps=1e-5):
     """Return ``(y, mean, rstd)`` in float64; ``k`` trailing dims are normalised."""
     x2, lead = _rows(x, k)
@@ -33,6 +34,7 @@ def forward(x, k=1, weight=None, bias=None, eps=1e-5):
     return y.reshape(np.shape(x)).astype(f64), mean.reshape(lead).astype(f64), rstd.reshape(lead).astype(f64)
 
 
+@np.errstate(invalid="ignore", divide="ignore", over="ignore")
 def backward(grad_y, x, k=1, weight=None, eps=1e-5):
     """Return ``(grad_x, grad_weight, grad_bias)`` in float64, from exact statistics."""
     x2, lead = _rows(x, k)

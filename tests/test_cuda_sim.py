@@ -1,0 +1,123 @@
+"""CUDA kernels through Numba's simulator (CI has no GPU): small shapes, tiny blocks.
+
+conftest.py turns the simulator on unless FASTLN_TEST_REAL_GPU=1; on a GPU machine the same
+tests run on hardware (tools/gpu_suite.py).
+"""
+
+import numpy as np
+import pytest
+
+from tests import reference
+
+cuda_mod = pytest.importorskip("numba.cuda")
+from numba import cuda  # noqa: E402
+
+import fastln  # noqa: E402
+
+if not (cuda.is_available() or cuda.config.ENABLE_CUDASIM):
+    pytest.skip("no CUDA device and the simulator is off", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "THREADS_PER_BLOCK", 32)
+    monkeypatch.setattr(fcuda.config, "MAX_BACKWARD_BLOCKS", 3)
+    if cuda.config.ENABLE_CUDASIM:
+        monkeypatch.setattr(fcuda.config, "USE_SHUFFLE", False)
+
+
+CASES = [((3, 5), 1), ((4, 70), 1), ((2, 3, 4), 2), ((5, 1), 1), ((0, 7), 1)]
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-6), (np.float64, 1e-12)])
+@pytest.mark.parametrize("shape,k", CASES)
+@pytest.mark.parametrize("affine", [False, True])
+def test_forward_on_device(shape, k, dtype, tol, affine):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    norm = shape[len(shape) - k:]
+    w = rng.standard_normal(norm).astype(dtype) if affine else None
+    b = rng.standard_normal(norm).astype(dtype) if affine else None
+    dev = lambda a: None if a is None else cuda.to_device(a)  # noqa: E731
+    y, mean, rstd = fastln.layer_norm_forward(dev(x), norm, dev(w), dev(b))
+    assert hasattr(y, "copy_to_host"), "device in, device out"
+    ry, rmean, rrstd = reference.forward(x, k, w, b)
+    scale = 1 if w is None else 1 + np.abs(w).max() + np.abs(b).max()
+    np.testing.assert_allclose(y.copy_to_host(), ry, atol=tol * scale, rtol=0)
+    np.testing.assert_allclose(mean.copy_to_host(), rmean, atol=tol, rtol=tol)
+    np.testing.assert_allclose(rstd.copy_to_host(), rrstd, rtol=tol * 2)
+    assert y.copy_to_host().dtype == dtype
+
+
+def test_forward_large_offset_on_device():
+    x = (1e4 + 1e-2 * np.random.default_rng(1).standard_normal((2, 96))).astype(np.float32)
+    y, _, _ = fastln.layer_norm_forward(cuda.to_device(x))
+    assert np.abs(y.copy_to_host() - reference.forward(x)[0]).max() < 2e-6
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-11)])
+@pytest.mark.parametrize("shape,k", CASES)
+@pytest.mark.parametrize("affine", [False, True])
+def test_backward_on_device(shape, k, dtype, tol, affine):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    norm = shape[len(shape) - k:]
+    w = rng.standard_normal(norm).astype(dtype) if affine else None
+    dx, dg = cuda.to_device(x), cuda.to_device(g)
+    dw = None if w is None else cuda.to_device(w)
+    _, mean, rstd = fastln.layer_norm_forward(dx, norm, dw)
+    gx, gw, gb = fastln.layer_norm_backward(dg, dx, mean, rstd, dw, norm)
+    rgx, rgw, rgb = reference.backward(g, x, k, w)
+    np.testing.assert_allclose(gx.copy_to_host(), rgx, atol=tol * (1 + np.abs(rgx).max(initial=0)), rtol=0)
+    if affine:
+        np.testing.assert_allclose(gw.copy_to_host(), rgw, atol=tol * (1 + np.abs(rgw).max(initial=0)) * 10, rtol=0)
+        np.testing.assert_allclose(gb.copy_to_host(), rgb, atol=tol * (1 + np.abs(rgb).max(initial=0)) * 10, rtol=0)
+    else:
+        assert gw is None and gb is None
+
+
+def test_device_results_match_cpu_kernels():
+    x = np.random.default_rng(3).standard_normal((6, 50)).astype(np.float32)
+    w = np.linspace(-1, 1, 50, dtype=np.float32)
+    y_dev = fastln.layer_norm(cuda.to_device(x), 50, cuda.to_device(w), cuda.to_device(w)).copy_to_host()
+    np.testing.assert_allclose(y_dev, fastln.layer_norm(x, 50, w, w), atol=2e-6)
+
+
+def test_deterministic_grads():
+    rng = np.random.default_rng(4)
+    x = cuda.to_device(rng.standard_normal((9, 40)).astype(np.float32))
+    g = cuda.to_device(rng.standard_normal((9, 40)).astype(np.float32))
+    w = cuda.to_device(np.ones(40, np.float32))
+    _, m, r = fastln.layer_norm_forward(x, None, w)
+    a = [t.copy_to_host() for t in fastln.layer_norm_backward(g, x, m, r, w)]
+    b = [t.copy_to_host() for t in fastln.layer_norm_backward(g, x, m, r, w)]
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize(
+    "call,exc,pattern",
+    [
+        (lambda d: fastln.layer_norm(d, 5), ValueError, "must match"),
+        (lambda d: fastln.layer_norm(d, None, np.ones(4, np.float32)), TypeError, "weight must be on the GPU"),
+        (lambda d: fastln.layer_norm(d, None, cuda.to_device(np.ones(3, np.float32))), ValueError, "weight must have shape"),
+        (lambda d: fastln.layer_norm(d, None, cuda.to_device(np.ones(4))), TypeError, "dtype of x"),
+        (lambda d: fastln.layer_norm(cuda.to_device(np.ones((3, 4), np.int32))), TypeError, "float32 or float64"),
+        (lambda d: fastln.layer_norm_backward(d, d, None, None), TypeError, "mean must be a CUDA array"),
+    ],
+)
+def test_device_errors(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(cuda.to_device(np.ones((3, 4), np.float32)))
+
+
+def test_import_fastln_does_not_import_cuda():
+    import subprocess
+    import sys
+
+    code = "import sys, numpy as np, fastln; fastln.layer_norm(np.ones((64, 600))); print('numba.cuda' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,89 @@
+"""Real-GPU tests (marker ``gpu``): torch CUDA tensors, streams, half types, grads vs torch.
+
+Skipped unless FASTLN_TEST_REAL_GPU=1 and torch sees a CUDA device; tools/gpu_suite.py runs them.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        os.environ.get("FASTLN_TEST_REAL_GPU") != "1" or not torch.cuda.is_available(),
+        reason="needs a real CUDA device and FASTLN_TEST_REAL_GPU=1",
+    ),
+]
+
+import torch.nn.functional as F  # noqa: E402
+
+import fastln  # noqa: E402
+import fastln.torch as ft  # noqa: E402
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("shape", [(2, 3), (512, 768), (64, 4096), (8, 65536), (3, 5, 1000)])
+def test_forward_backward_match_torch_cuda(dtype, shape):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(shape, device="cuda", generator=g).to(dtype)
+    w = torch.randn(shape[-1], device="cuda", generator=g).to(dtype)
+    b = torch.randn(shape[-1], device="cuda", generator=g).to(dtype)
+    ins = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    y = ft.layer_norm(ins[0], shape[-1:], ins[1], ins[2])
+    yr = F.layer_norm(ref[0], shape[-1:], ref[1], ref[2])
+    tol = TOL[dtype]
+    torch.testing.assert_close(y, yr, atol=tol * 4, rtol=tol)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    yr.backward(gy)
+    for a, c in zip(ins, ref, strict=True):
+        scale = 1 + float(c.grad.abs().max())
+        torch.testing.assert_close(a.grad, c.grad, atol=tol * 10 * scale, rtol=tol * 10)
+
+
+def test_outputs_come_from_torch_and_inputs_are_not_copied():
+    x = torch.randn(256, 1024, device="cuda")
+    y, mean, rstd = torch.ops.fastln.forward(x, [1024], None, None, 1e-5)
+    assert y.is_cuda and mean.is_cuda and y.device == x.device
+    torch.testing.assert_close(y, F.layer_norm(x, (1024,)), atol=1e-5, rtol=1e-5)
+
+
+def test_non_default_stream():
+    x = torch.randn(4096, 1024, device="cuda")
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        x2 = x * 2  # queued on s; fastln must run after it on the same stream
+        y = ft.layer_norm(x2, (1024,))
+    s.synchronize()
+    torch.testing.assert_close(y, F.layer_norm(x * 2, (1024,)), atol=1e-5, rtol=1e-5)
+
+
+def test_numpy_api_takes_cuda_array_interface_objects():
+    x = torch.randn(33, 70, device="cuda")
+    y, mean, rstd = fastln.layer_norm_forward(x)
+    from numba import cuda
+
+    host = cuda.as_cuda_array(y).copy_to_host() if not hasattr(y, "copy_to_host") else y.copy_to_host()
+    np.testing.assert_allclose(host, F.layer_norm(x, (70,)).cpu().numpy(), atol=1e-5)
+
+
+def test_cuda_graph_capture():
+    x = torch.randn(128, 512, device="cuda")
+    ft.layer_norm(x, (512,))  # compile before capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = ft.layer_norm(x, (512,))
+    x.copy_(torch.randn(128, 512, device="cuda"))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, F.layer_norm(x, (512,)), atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_devices_raise():
+    with pytest.raises(RuntimeError, match="same device"):
+        ft.layer_norm(torch.randn(3, 4, device="cuda"), (4,), torch.ones(4))
