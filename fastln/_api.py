@@ -45,7 +45,7 @@ def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-
     ValueError
         A 0-d ``x``, or ``normalized_shape``/``weight``/``bias`` that do not fit ``x``.
     """
-    if _checks.is_device_array(x):
+    if type(x) is not np.ndarray and _checks.is_device_array(x):
         return _cuda().layer_norm_forward(x, normalized_shape, weight, bias, eps)
     x = _checks.as_float_array(x, "x")
     lay = _checks.layout(x.shape, normalized_shape)
@@ -98,6 +98,8 @@ def chunking(rows: int, cols: int) -> tuple[int, int]:
     Never of the thread count: that is what makes grad_weight/grad_bias bitwise identical
     for any ``numba.set_num_threads``.
     """
+    if rows * cols < 2 * _config.MIN_CHUNK_ELEMS:  # fast path: small inputs are one chunk
+        return 1, max(rows, 1)
     n_chunks = min(
         _config.MAX_CHUNKS,
         rows,
@@ -134,7 +136,9 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
         Shape ``normalized_shape``, ``x``'s dtype; None when ``weight`` is None.
         Bitwise identical whatever the thread count.
     """
-    if _checks.is_device_array(x) or _checks.is_device_array(grad_y):
+    if not (type(x) is np.ndarray and type(grad_y) is np.ndarray) and (
+        _checks.is_device_array(x) or _checks.is_device_array(grad_y)
+    ):
         return _cuda().layer_norm_backward(grad_y, x, mean, rstd, weight, normalized_shape)
     x = _checks.as_float_array(x, "x")
     grad_y = _checks.as_float_array(grad_y, "grad_y")
@@ -153,10 +157,8 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
     gx = np.empty_like(x2)
     n_chunks, rows_per_chunk = chunking(lay.rows, lay.cols)
     part_cols = lay.cols if param_grads else 0
-    dw_part = np.zeros((n_chunks, part_cols))
-    db_part = np.zeros((n_chunks, part_cols))
-    dw = np.empty(part_cols, dtype)
-    db = np.empty(part_cols, dtype)
+    dw_part, db_part = np.zeros((2, n_chunks, part_cols))  # one allocation, two views
+    dw, db = np.empty((2, part_cols), dtype)
     run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk)
     grad_x = gx.reshape(x.shape)
     if dtype != x.dtype:  # float16 data, computed in float32

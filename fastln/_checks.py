@@ -105,11 +105,30 @@ def normalize_shape(normalized_shape, x_shape: tuple) -> tuple:
     return dims
 
 
+_LAYOUTS: dict = {}
+
+
 def layout(x_shape: tuple, normalized_shape) -> Layout:
-    """Split ``x_shape`` into leading (row) and normalised (column) parts."""
-    norm = normalize_shape(normalized_shape, x_shape)
+    """Split ``x_shape`` into leading (row) and normalised (column) parts.
+
+    Memoised for hashable ``normalized_shape`` (a training loop asks for the same few
+    layouts millions of times); only valid layouts are stored, so errors are always raised.
+    """
+    ns = normalized_shape
+    # Only exact ints are keys: 4.0 == 4 and True == 1 hash alike, and must still be refused.
+    cacheable = ns is None or type(ns) is int or (type(ns) is tuple and all(type(d) is int for d in ns))
+    if cacheable:
+        lay = _LAYOUTS.get((x_shape, ns))
+        if lay is not None:
+            return lay
+    norm = normalize_shape(ns, x_shape)
     lead = tuple(x_shape[: len(x_shape) - len(norm)])
-    return Layout(lead, norm, math.prod(lead), math.prod(norm))
+    lay = Layout(lead, norm, math.prod(lead), math.prod(norm))
+    if cacheable:
+        if len(_LAYOUTS) > 1024:
+            _LAYOUTS.clear()
+        _LAYOUTS[x_shape, ns] = lay
+    return lay
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:

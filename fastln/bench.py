@@ -184,6 +184,22 @@ class Report:
         return {"machine": self.machine, "notes": self.notes, "results": [asdict(r) for r in self.rows]}
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+            else:
+                name = platform.machine()
+    except OSError:
+        name = platform.machine()
+    import llvmlite.binding as llvm
+
+    return f"{name} ({llvm.get_host_cpu_name()})"
+
+
 def machine_info() -> dict:
     from fastln import _threading
 
@@ -193,7 +209,7 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_name(),
         "threads": numba.get_num_threads(),
         "threading_layer": _threading.active_layer(),
     }
@@ -211,7 +227,10 @@ def bytes_moved(shape, dtype, direction) -> int:
 
 
 def run(shapes, dtypes, rounds, progress=None) -> Report:
-    """Benchmark forward and backward for every shape and dtype; returns a :class:`Report`."""
+    """Benchmark forward and backward for every shape and dtype; returns a :class:`Report`.
+
+    Forward rows include ``copy``: an allocating parallel copy of x, the memory roofline.
+    """
     if have_torch():
         import torch
 
@@ -229,10 +248,8 @@ def run(shapes, dtypes, rounds, progress=None) -> Report:
                     f()  # compile / warm up
                 med = interleaved_medians(fns, rounds)
                 for impl, t in med.items():
-                    if impl == "copy":
-                        continue
                     row = Row(shape, np.dtype(dtype).name, direction, impl, t, bytes_moved(shape, dtype, direction) / t / 1e9)
-                    if "torch" in med:
+                    if "torch" in med and impl != "copy":
                         row.speedup_vs_torch = med["torch"] / t
                     if direction == "forward" and "copy" in med:
                         row.fraction_of_copy_roofline = med["copy"] / t

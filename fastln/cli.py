@@ -139,38 +139,37 @@ def _fmt_time(s: float) -> str:
 
 
 def plot(data: dict, path: Path) -> None:
-    """Speedup vs torch and GB/s per shape, forward and backward, one panel each."""
+    """Speedup vs torch and GB/s per shape, forward and backward (rows), one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = data["results"]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
-    for col, direction in enumerate(("forward", "backward")):
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9), constrained_layout=True)
+    for k, direction in enumerate(("forward", "backward")):
         sel = [r for r in rows if r["direction"] == direction]
         cases = list(dict.fromkeys((tuple(r["shape"]), r["dtype"]) for r in sel))
-        labels = [f"{s[0]}x{s[1]}\n{d}" for s, d in cases]
-        impls = list(dict.fromkeys(r["impl"] for r in sel))
+        labels = [f"{s[0]}x{s[1]} {d}" for s, d in cases]
         xs = np.arange(len(cases))
-        width = 0.8 / max(len(impls), 1)
-        for k, impl in enumerate(impls):
-            lookup = {(tuple(r["shape"]), r["dtype"]): r for r in sel if r["impl"] == impl}
-            gbs = [lookup[c]["gb_per_s"] if c in lookup else 0 for c in cases]
-            axes[1, col].bar(xs + k * width, gbs, width, label=impl)
-            if impl != "torch":
-                sp = [lookup[c]["speedup_vs_torch"] or 0 if c in lookup else 0 for c in cases]
-                axes[0, col].bar(xs + k * width, sp, width, label=impl)
-        axes[0, col].axhline(1.0, color="k", lw=1, ls="--")
-        axes[0, col].set_ylabel("speedup vs torch (higher is better)")
-        axes[1, col].set_ylabel("GB/s moved (higher is better)")
-        for ax in axes[:, col]:
-            ax.set_xticks(xs + width * (len(impls) - 1) / 2, labels, fontsize=8)
-            ax.set_title(f"LayerNorm {direction}")
+        for ax, metric, skip in ((axes[k, 0], "speedup_vs_torch", ("torch", "copy")), (axes[k, 1], "gb_per_s", ())):
+            impls = [i for i in dict.fromkeys(r["impl"] for r in sel) if i not in skip]
+            width = 0.8 / max(len(impls), 1)
+            for n, impl in enumerate(impls):
+                lookup = {(tuple(r["shape"]), r["dtype"]): r[metric] for r in sel if r["impl"] == impl}
+                vals = [lookup.get(c) or 0 for c in cases]
+                ax.bar(xs + n * width, vals, width, label=impl)
+            ax.set_xticks(xs + width * (len(impls) - 1) / 2, labels, rotation=30, ha="right", fontsize=8)
             ax.legend(fontsize=8)
+            ax.grid(axis="y", alpha=0.3)
+        axes[k, 0].axhline(1.0, color="k", lw=1, ls="--")
+        axes[k, 0].set_ylabel("speedup vs torch (higher is better)")
+        axes[k, 0].set_title(f"{direction}: speedup vs torch (same threads)")
+        axes[k, 1].set_ylabel("GB/s moved (higher is better)")
+        axes[k, 1].set_title(f"{direction}: bandwidth (copy = memory roofline)")
     m = data.get("machine", {})
-    fig.suptitle(f"fastln {m.get('fastln', '')} - {m.get('threads', '?')} threads - {m.get('processor', '')}")
-    fig.savefig(path, dpi=110)
+    fig.suptitle(f"fastln {m.get('fastln', '')}, {m.get('threads', '?')} threads, {m.get('processor', '')}")
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -88,3 +88,19 @@ def test_error_messages_are_specific():
     with pytest.raises(ValueError) as err:
         fastln.layer_norm(X, (3, 5))
     assert re.search(r"\(3, 5\).*\(2, 3, 4\)", str(err.value))
+
+
+@pytest.mark.parametrize("bad", [4.0, (4.0,), np.float64(4.0)])
+def test_bad_normalized_shape_refused_even_after_a_good_call(bad):
+    """The layout memo must not let 4.0 in because 4 was seen (they hash alike)."""
+    fastln.layer_norm(X, 4)
+    fastln.layer_norm(X, (4,))
+    with pytest.raises(TypeError, match="normalized_shape must be an int"):
+        fastln.layer_norm(X, bad)
+
+
+def test_bool_normalized_shape_refused_after_int_one():
+    x = np.ones((3, 1), np.float32)
+    fastln.layer_norm(x, 1)
+    with pytest.raises(TypeError):
+        fastln.layer_norm(x, True)

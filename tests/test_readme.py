@@ -1,0 +1,27 @@
+"""The README's two commands are the ones CI and users run."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```bash\n(.+?)\n```", text, flags=re.S)
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    block = ci.split("# --- README test command (begin) ---\n")[1].split("\n# --- README test command (end) ---")[0]
+    assert block.strip() in [c.strip() for c in _readme_commands()]
+
+
+def test_readme_main_command_runs_the_quick_benchmark():
+    assert any("fastln bench --quick" in c and "pip install" in c for c in _readme_commands())
+
+
+def test_torch_is_pinned_everywhere_it_is_installed():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for line in re.findall(r'"torch[^"]*"', pyproject):
+        assert line == '"torch==2.13.0"', line
