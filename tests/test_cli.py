@@ -37,9 +37,11 @@ def test_bench_writes_table_json_and_png(tmp_path, tiny_bench, capsys):
     for shape in [(2, 3), (64, 128)]:
         for direction in ("forward", "backward"):
             assert {(shape, direction, i) for i in ("fastln", "torch", "numpy")} <= impls
+    copies = [r for r in data["results"] if r["impl"] == "copy"]
+    assert {r["direction"] for r in copies} == {"forward"}, "the roofline is a forward reference"
     for r in data["results"]:
         assert r["median_s"] > 0 and r["gb_per_s"] > 0
-        assert r["speedup_vs_torch"] > 0
+        assert (r["speedup_vs_torch"] is None) == (r["impl"] == "copy")
         if r["impl"] == "fastln" and r["direction"] == "forward":
             assert 0 <= r["max_abs_error"] < 1e-5
             assert r["fraction_of_copy_roofline"] > 0
@@ -52,7 +54,7 @@ def test_bench_without_torch_compares_with_numpy_only(tmp_path, tiny_bench, monk
     assert cli.main(["bench", "--quick", "--rounds", "1", "--out", str(tmp_path)]) == 0
     assert "torch is not installed" in capsys.readouterr().out
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert {r["impl"] for r in data["results"]} == {"fastln", "numpy"}
+    assert {r["impl"] for r in data["results"]} == {"fastln", "numpy", "copy"}
     assert all(r["speedup_vs_torch"] is None for r in data["results"])
     assert data["notes"]
 
