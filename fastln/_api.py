@@ -65,16 +65,28 @@ def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-
     return y, mean.reshape(lay.lead_shape), rstd.reshape(lay.lead_shape)
 
 
+def _launch(serial, parallel, one_task: bool, size: int, *args):
+    """Run ``serial`` for small or single-task work, else ``parallel`` under the guard."""
+    if one_task or size < _config.SERIAL_BELOW:
+        serial(*args)
+    else:
+        with parallel_guard():
+            parallel(*args)
+
+
 def run_forward(x2, w, b, eps, y, mean, rstd):
     """Pick the serial or parallel forward kernel for C-contiguous rows (no checks)."""
     rows = x2.shape[0]
-    if rows == 0:
-        return
-    if x2.size < _config.SERIAL_BELOW or rows == 1:
-        cpu.forward_serial(x2, w, b, eps, y, mean, rstd)
-    else:
-        with parallel_guard():
-            cpu.forward_parallel(x2, w, b, eps, y, mean, rstd)
+    if rows:
+        _launch(cpu.forward_serial, cpu.forward_parallel, rows == 1, x2.size, x2, w, b, eps, y, mean, rstd)
+
+
+def run_forward_bf16(xu, w, b, eps, yu, mean, rstd):
+    """Forward on bfloat16 bits (uint16 rows), converted in the kernel (no checks)."""
+    rows = xu.shape[0]
+    if rows:
+        one = rows <= cpu.BF16_CHUNK_ROWS
+        _launch(cpu.forward_bf16_serial, cpu.forward_bf16_parallel, one, xu.size, xu, w, b, eps, yu, mean, rstd)
 
 
 def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
@@ -178,8 +190,7 @@ def run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_
         dw[:] = 0
         db[:] = 0
         return
-    if x2.size < _config.SERIAL_BELOW or dw_part.shape[0] == 1:
-        cpu.backward_serial(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk)
-    else:
-        with parallel_guard():
-            cpu.backward_parallel(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk)
+    _launch(
+        cpu.backward_serial, cpu.backward_parallel, dw_part.shape[0] == 1, x2.size,
+        gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk,
+    )

@@ -237,3 +237,57 @@ def backward_serial(gy, x, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per
     for c in range(dw_part.shape[0]):
         _backward_rows(gy, x, mean, rstd, w, gx, dw_part, db_part, c, rows_per_chunk, param_grads)
     _reduce_partials(dw_part, db_part, dw, db)
+
+
+# ---------------------------------------------------------------------------------------
+# bfloat16 forward (for the torch bridge): bf16 is the top half of a float32, so rows are
+# widened into a float32 buffer in cache and the output narrowed with round-to-nearest-even,
+# instead of upcasting the whole tensor to a float32 copy and back.
+#   xu, yu : (rows, cols) uint16 holding bfloat16 bits;  w, b : (cols,) float32
+# ---------------------------------------------------------------------------------------
+BF16_CHUNK_ROWS = 64
+
+
+@njit(**_jit)
+def _bf16_to_f32(u16, out):
+    bits = out.view(np.uint32)
+    for j in range(u16.shape[0]):
+        bits[j] = np.uint32(u16[j]) << np.uint32(16)
+
+
+@njit(**_jit)
+def _f32_to_bf16(f32, out):
+    bits = f32.view(np.uint32)
+    for j in range(f32.shape[0]):
+        b = bits[j]
+        if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep sign, stay quiet
+            out[j] = np.uint16((b >> np.uint32(16)) | np.uint32(0x40))
+        else:
+            out[j] = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@njit(**_jit)
+def _forward_bf16_chunk(xu, w, b, eps, yu, mean, rstd, chunk):
+    rows, cols = xu.shape
+    xf = np.empty(cols, np.float32)
+    yf = np.empty(cols, np.float32)
+    for i in range(chunk * BF16_CHUNK_ROWS, min(rows, (chunk + 1) * BF16_CHUNK_ROWS)):
+        _bf16_to_f32(xu[i], xf)
+        m, r = _forward_row(xf, w, b, eps, yf)
+        _f32_to_bf16(yf, yu[i])
+        mean[i] = m
+        rstd[i] = r
+
+
+@njit(parallel=True, **_jit)
+def forward_bf16_parallel(xu, w, b, eps, yu, mean, rstd):
+    """bfloat16 forward, chunks of rows spread over Numba's threads."""
+    for c in prange((xu.shape[0] + BF16_CHUNK_ROWS - 1) // BF16_CHUNK_ROWS):
+        _forward_bf16_chunk(xu, w, b, eps, yu, mean, rstd, c)
+
+
+@njit(**_jit)
+def forward_bf16_serial(xu, w, b, eps, yu, mean, rstd):
+    """bfloat16 forward on the calling thread."""
+    for c in range((xu.shape[0] + BF16_CHUNK_ROWS - 1) // BF16_CHUNK_ROWS):
+        _forward_bf16_chunk(xu, w, b, eps, yu, mean, rstd, c)

@@ -100,6 +100,8 @@ def _forward_impl(x, normalized_shape, weight, bias, eps):
 
         return cuda.torch_forward(x, norm, rows, cols, weight, bias, float(eps))
     lead = tuple(x.shape[: x.dim() - len(norm)])
+    if x.dtype == torch.bfloat16:
+        return _forward_bf16(x, lead, rows, cols, weight, bias, eps)
     cdt = _compute_dtype(x.dtype)
     xc = x.detach().contiguous().to(cdt)  # no copy for contiguous float32/64
     y = torch.empty(xc.shape, dtype=cdt)
@@ -116,6 +118,29 @@ def _forward_impl(x, normalized_shape, weight, bias, eps):
             np.from_dlpack(rstd).reshape(rows),
         )
     return y.to(x.dtype), mean, rstd
+
+
+def _bits(t: Tensor, rows: int, cols: int) -> np.ndarray:
+    """uint16 (rows, cols) view of a contiguous bfloat16 tensor's bits (NumPy has no bf16)."""
+    return np.from_dlpack(t.detach().view(torch.int16)).view(np.uint16).reshape(rows, cols)
+
+
+def _forward_bf16(x, lead, rows, cols, weight, bias, eps):
+    """bfloat16 converted row by row inside the kernel: no float32 copy of the tensor."""
+    xc = x.detach().contiguous()
+    y = torch.empty(xc.shape, dtype=torch.bfloat16)
+    mean = torch.empty(lead, dtype=torch.float32)
+    rstd = torch.empty(lead, dtype=torch.float32)
+    _api.run_forward_bf16(
+        _bits(xc, rows, cols),
+        _param_vector(weight, cols, 1.0, torch.float32),
+        _param_vector(bias, cols, 0.0, torch.float32),
+        float(eps),
+        _bits(y, rows, cols),
+        np.from_dlpack(mean).reshape(rows),
+        np.from_dlpack(rstd).reshape(rows),
+    )
+    return y, mean, rstd
 
 
 def _backward_impl(grad_y, x, mean, rstd, weight, normalized_shape, output_mask):

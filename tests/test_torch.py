@@ -256,3 +256,20 @@ def test_errors_follow_torch_conventions(call, exc, pattern):
 def test_numpy_api_still_value_error_for_shapes():
     with pytest.raises(ValueError):
         fastln.layer_norm(np.ones((3, 4)), 5)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (200, 300), (130, 2, 50)])
+def test_bfloat16_in_kernel_equals_float32_rounded(shape):
+    """bf16 rows are widened in the kernel: bitwise the float32 result rounded to bf16."""
+    x = (torch.randn(shape) * 3 + 1).to(torch.bfloat16)
+    x.view(-1)[5] = float("nan")
+    x.view(-1)[-1] = float("inf")
+    w = torch.randn(shape[-1]).to(torch.bfloat16)
+    b = torch.randn(shape[-1]).to(torch.bfloat16)
+    got = ft.layer_norm(x, shape[-1:], w, b)
+    want = ft.layer_norm(x.float(), shape[-1:], w.float(), b.float()).to(torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got.isnan(), want.isnan())
+    assert got.isnan().any(dim=-1).sum() == 2  # the rows holding NaN and Inf
+    ok = ~want.isnan()
+    assert torch.equal(got.view(torch.int16)[ok], want.view(torch.int16)[ok])
