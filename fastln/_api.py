@@ -65,9 +65,9 @@ def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-
     return y, mean.reshape(lay.lead_shape), rstd.reshape(lay.lead_shape)
 
 
-def _launch(serial, parallel, one_task: bool, size: int, *args):
+def _launch(serial, parallel, one_task: bool, rows: int, size: int, *args):
     """Run ``serial`` for small or single-task work, else ``parallel`` under the guard."""
-    if one_task or size < _config.SERIAL_BELOW:
+    if one_task or size + _config.ROW_COST * rows < _config.SERIAL_BELOW:
         serial(*args)
     else:
         with parallel_guard():
@@ -78,7 +78,7 @@ def run_forward(x2, w, b, eps, y, mean, rstd):
     """Pick the serial or parallel forward kernel for C-contiguous rows (no checks)."""
     rows = x2.shape[0]
     if rows:
-        _launch(cpu.forward_serial, cpu.forward_parallel, rows == 1, x2.size, x2, w, b, eps, y, mean, rstd)
+        _launch(cpu.forward_serial, cpu.forward_parallel, rows == 1, rows, x2.size, x2, w, b, eps, y, mean, rstd)
 
 
 def run_forward_bf16(xu, w, b, eps, yu, mean, rstd):
@@ -86,7 +86,7 @@ def run_forward_bf16(xu, w, b, eps, yu, mean, rstd):
     rows = xu.shape[0]
     if rows:
         one = rows <= cpu.BF16_CHUNK_ROWS
-        _launch(cpu.forward_bf16_serial, cpu.forward_bf16_parallel, one, xu.size, xu, w, b, eps, yu, mean, rstd)
+        _launch(cpu.forward_bf16_serial, cpu.forward_bf16_parallel, one, rows, xu.size, xu, w, b, eps, yu, mean, rstd)
 
 
 def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
@@ -110,12 +110,13 @@ def chunking(rows: int, cols: int) -> tuple[int, int]:
     Never of the thread count: that is what makes grad_weight/grad_bias bitwise identical
     for any ``numba.set_num_threads``.
     """
-    if rows * cols < 2 * _config.MIN_CHUNK_ELEMS:  # fast path: small inputs are one chunk
+    work = rows * (cols + _config.ROW_COST)
+    if work < 2 * _config.MIN_CHUNK_ELEMS:  # fast path: small inputs are one chunk
         return 1, max(rows, 1)
     n_chunks = min(
         _config.MAX_CHUNKS,
         rows,
-        rows * cols // _config.MIN_CHUNK_ELEMS,
+        work // _config.MIN_CHUNK_ELEMS,
         max(2, _config.MAX_PARTIAL_BYTES // max(16 * cols, 1)),
     )
     n_chunks = max(1, n_chunks)
@@ -191,6 +192,6 @@ def run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_
         db[:] = 0
         return
     _launch(
-        cpu.backward_serial, cpu.backward_parallel, dw_part.shape[0] == 1, x2.size,
+        cpu.backward_serial, cpu.backward_parallel, dw_part.shape[0] == 1, x2.shape[0], x2.size,
         gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk,
     )

@@ -40,12 +40,28 @@ from fastln._config import BLOCK, CACHE, FLUSH_ROWS, REDUCE_FASTMATH, SWEEP_FAST
 # separate functions with separate policies (see fastln._config).
 _jit = dict(cache=CACHE, fastmath=SWEEP_FASTMATH, nogil=True, error_model="numpy")
 _jit_reduce = dict(_jit, fastmath=REDUCE_FASTMATH)
+# Row helpers are inlined in Numba's IR: a call per row that passes array views costs
+# ~75 ns of reference counting, which dominates rows of a few dozen elements.
+_inline = dict(_jit, inline="always")
 
 
 # ---------------------------------------------------------------------------------------
 # Row helpers (inlined by LLVM into the kernels)
 # ---------------------------------------------------------------------------------------
 @njit(**_jit_reduce)
+def _block_sums(blk):
+    """``(p, sum(d), sum(d*d))`` with ``d = x - p``, ``p = blk[0]``: one vectorised sweep."""
+    p = np.float64(blk[0])
+    s = 0.0
+    q = 0.0
+    for k in range(blk.shape[0]):
+        d = np.float64(blk[k]) - p
+        s += d
+        q += d * d
+    return p, s, q
+
+
+@njit(**_inline)
 def _row_moments(xr):
     """Moments of one row: ``(pivot, mean - pivot, M2)``, all float64.
 
@@ -60,20 +76,19 @@ def _row_moments(xr):
     Numba's negative-index wraparound hides the unit stride from LLVM and it emits gathers.
     """
     cols = xr.shape[0]
-    pivot = np.float64(xr[0]) if cols > 0 else 0.0
+    if cols <= BLOCK:  # one block: no view to make, no merge (short rows are common)
+        if cols == 0:
+            return 0.0, 0.0, 0.0
+        p, s, q = _block_sums(xr)
+        return p, s / cols, max(q - s * (s / cols), 0.0)
+    pivot = np.float64(xr[0])
     count = 0.0
     mean_d = 0.0  # mean of (x - pivot) over the blocks merged so far
     m2 = 0.0
     for start in range(0, cols, BLOCK):
         blk = xr[start : start + BLOCK]
         nb = blk.shape[0]
-        p = np.float64(blk[0])
-        s = 0.0
-        q = 0.0
-        for k in range(nb):
-            d = np.float64(blk[k]) - p
-            s += d
-            q += d * d
+        p, s, q = _block_sums(blk)
         block_mean = (p - pivot) + s / nb
         block_m2 = q - s * (s / nb)
         # Chan et al.: merge (count, mean_d, m2) with (nb, block_mean, block_m2).
@@ -85,7 +100,7 @@ def _row_moments(xr):
     return pivot, mean_d, max(m2, 0.0)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _forward_row(xr, w, b, eps, yr):
     """Normalise one row into ``yr``; returns its ``(mean, rstd)`` in float64.
 
@@ -125,7 +140,7 @@ def _backward_row_sums(xr, gr, w, m):
     return s_d, s_g, s_gd
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _backward_rows(gy, x, mean, rstd, w, gx, dw_part, db_part, chunk, rows_per_chunk, param_grads):
     """Rows ``[chunk * rows_per_chunk, ...)``: writes gx, accumulates dw/db partials.
 
@@ -175,7 +190,7 @@ def _backward_rows(gy, x, mean, rstd, w, gx, dw_part, db_part, chunk, rows_per_c
                 gxr[j] = (gr[j] * w[j] - (x_hat * c1_t + c2_t)) * r_t
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _forward_at(x, w, b, eps, y, mean, rstd, i):
     """Row ``i`` of the 2-D arrays: y, mean and rstd."""
     m, r = _forward_row(x[i], w, b, eps, y[i])

@@ -119,7 +119,11 @@ def test_double_backward_raises_clearly():
         gx.sum().backward()
     y = ft.LayerNormFunction.apply(x, 6, None, None, 1e-5)
     (gx,) = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+    y = torch.ops.fastln.forward(x, [6], None, None, 1e-5)[0]  # the traced path's op
+    (gx,) = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
         gx.sum().backward()
 
 
