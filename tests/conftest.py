@@ -13,6 +13,9 @@ settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
+    "large", max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.register_profile(
     "campaign", max_examples=20000, deadline=None, suppress_health_check=list(HealthCheck)
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

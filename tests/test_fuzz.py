@@ -1,6 +1,7 @@
 """Hypothesis campaign with torch as the oracle: random ranks, shapes, strides, values.
 
-CI runs the ``ci`` profile (60 examples a test); ``HYPOTHESIS_PROFILE=campaign`` runs 20000.
+CI runs the ``ci`` profile (60 examples a test); ``HYPOTHESIS_PROFILE=large`` runs 2000 and
+``campaign`` 20000.
 """
 
 import numpy as np
