@@ -168,11 +168,8 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
     x2 = _checks.as_rows(x, lay, dtype)
     gy2 = _checks.as_rows(grad_y, lay, dtype)
     gx = np.empty_like(x2)
-    n_chunks, rows_per_chunk = chunking(lay.rows, lay.cols)
-    part_cols = lay.cols if param_grads else 0
-    dw_part, db_part = np.zeros((2, n_chunks, part_cols))  # one allocation, two views
-    dw, db = np.empty((2, part_cols), dtype)
-    run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk)
+    dw, db = np.empty((2, lay.cols if param_grads else 0), dtype)
+    run_backward(gy2, x2, mean, rstd, w, gx, dw, db)
     grad_x = gx.reshape(x.shape)
     if dtype != x.dtype:  # float16 data, computed in float32
         grad_x, dw, db = grad_x.astype(x.dtype), dw.astype(x.dtype), db.astype(x.dtype)
@@ -181,17 +178,20 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
     return grad_x, dw.reshape(lay.norm_shape), db.reshape(lay.norm_shape)
 
 
-def run_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk):
-    """Pick the serial or parallel backward kernel (no checks).
+def run_backward(gy2, x2, mean, rstd, w, gx, dw, db):
+    """Pick the serial or parallel backward kernel and give it its partials (no checks).
 
     ``dw``/``db`` of length 0 mean no parameter gradients; else they receive the sums of
-    the zeroed ``(n_chunks, cols)`` float64 partials.
+    per-chunk float64 partials, chunked by :func:`chunking` (the shape alone).
     """
-    if x2.shape[0] == 0:
+    rows, cols = x2.shape
+    if rows == 0:
         dw[:] = 0
         db[:] = 0
         return
+    n_chunks, rows_per_chunk = chunking(rows, cols)
+    dw_part, db_part = np.zeros((2, n_chunks, dw.shape[0]))  # one allocation, two views
     _launch(
-        cpu.backward_serial, cpu.backward_parallel, dw_part.shape[0] == 1, x2.shape[0], x2.size,
+        cpu.backward_serial, cpu.backward_parallel, n_chunks == 1, rows, x2.size,
         gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk,
     )

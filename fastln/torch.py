@@ -211,10 +211,8 @@ def _backward_impl(grad_y, x, mean, rstd, weight, normalized_shape, output_mask)
     gyc = _as(grad_y, cdt)
     gx = _empty(xc.shape, cdt)
     param_grads = weight is not None and (output_mask[1] or output_mask[2])
-    n_chunks, rows_per_chunk = _api.chunking(rows, cols)
-    part_cols = cols if param_grads else 0
-    dw = torch.empty(part_cols, dtype=cdt)
-    db = torch.empty(part_cols, dtype=cdt)
+    dw = torch.empty(cols if param_grads else 0, dtype=cdt)
+    db = torch.empty_like(dw)
     _api.run_backward(
         _rows_view(gyc, rows, cols),
         _rows_view(xc, rows, cols),
@@ -222,11 +220,8 @@ def _backward_impl(grad_y, x, mean, rstd, weight, normalized_shape, output_mask)
         _view(rstd.contiguous()).reshape(rows),
         _param_vector(weight, cols, 1.0, cdt),
         _rows_view(gx, rows, cols),
-        np.zeros((n_chunks, part_cols)),
-        np.zeros((n_chunks, part_cols)),
         _view(dw),
         _view(db),
-        rows_per_chunk,
     )
     if not param_grads:
         empty = x.new_empty((0,))
