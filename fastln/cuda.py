@@ -54,97 +54,70 @@ def _chan(n_a, m_a, q_a, n_b, m_b, q_b):
     return n, m_a + delta * (n_b / n), q_a + q_b + delta * delta * (n_a * n_b / n)
 
 
+@cuda.jit(device=True, inline=True)
+def _sum3(a, b, c, d, e, f):
+    """Component-wise sum of two triples."""
+    return a + d, b + e, c + f
+
+
 @functools.cache
 def _kernels(tpb: int, use_shuffle: bool):
     """Compile-time constants are closed over, so each (tpb, shuffle) gets its own kernels."""
     warps = tpb // 32
 
-    @cuda.jit(device=True, inline=True)
-    def block_moments(n, m, q, sh_n, sh_m, sh_q):
-        """Block-wide Chan merge; every thread gets the row's (count, mean, M2)."""
-        tid = cuda.threadIdx.x
-        if use_shuffle:
-            offset = 16
-            while offset > 0:
-                n_o = cuda.shfl_down_sync(0xFFFFFFFF, n, offset)
-                m_o = cuda.shfl_down_sync(0xFFFFFFFF, m, offset)
-                q_o = cuda.shfl_down_sync(0xFFFFFFFF, q, offset)
-                n, m, q = _chan(n, m, q, n_o, m_o, q_o)
-                offset //= 2
-            if tid % 32 == 0:
-                sh_n[tid // 32] = n
-                sh_m[tid // 32] = m
-                sh_q[tid // 32] = q
-            cuda.syncthreads()
-            if tid == 0:
-                for k in range(1, warps):
-                    n, m, q = _chan(n, m, q, sh_n[k], sh_m[k], sh_q[k])
-                sh_n[0] = n
-                sh_m[0] = m
-                sh_q[0] = q
-        else:
-            sh_n[tid] = n
-            sh_m[tid] = m
-            sh_q[tid] = q
-            cuda.syncthreads()
-            stride = tpb // 2
-            while stride > 0:
-                if tid < stride:
-                    n, m, q = _chan(
-                        sh_n[tid], sh_m[tid], sh_q[tid],
-                        sh_n[tid + stride], sh_m[tid + stride], sh_q[tid + stride],
-                    )
-                    sh_n[tid] = n
-                    sh_m[tid] = m
-                    sh_q[tid] = q
-                cuda.syncthreads()
-                stride //= 2
-        cuda.syncthreads()
-        result = sh_n[0], sh_m[0], sh_q[0]
-        cuda.syncthreads()  # the buffers are reused by the next row
-        return result
+    def block_reduce(combine):
+        """A block-wide reduction of three float64 values by ``combine``, a fixed tree
+        (deterministic): warp shuffles then shared memory on hardware, shared memory
+        alone in the simulator.  Every thread gets the block's result."""
 
-    @cuda.jit(device=True, inline=True)
-    def block_sums(a, b, c, sh_a, sh_b, sh_c):
-        """Block-wide sums of three values (a fixed tree: deterministic)."""
-        tid = cuda.threadIdx.x
-        if use_shuffle:
-            offset = 16
-            while offset > 0:
-                a += cuda.shfl_down_sync(0xFFFFFFFF, a, offset)
-                b += cuda.shfl_down_sync(0xFFFFFFFF, b, offset)
-                c += cuda.shfl_down_sync(0xFFFFFFFF, c, offset)
-                offset //= 2
-            if tid % 32 == 0:
-                sh_a[tid // 32] = a
-                sh_b[tid // 32] = b
-                sh_c[tid // 32] = c
-            cuda.syncthreads()
-            if tid == 0:
-                for k in range(1, warps):
-                    a += sh_a[k]
-                    b += sh_b[k]
-                    c += sh_c[k]
-                sh_a[0] = a
-                sh_b[0] = b
-                sh_c[0] = c
-        else:
-            sh_a[tid] = a
-            sh_b[tid] = b
-            sh_c[tid] = c
-            cuda.syncthreads()
-            stride = tpb // 2
-            while stride > 0:
-                if tid < stride:
-                    sh_a[tid] += sh_a[tid + stride]
-                    sh_b[tid] += sh_b[tid + stride]
-                    sh_c[tid] += sh_c[tid + stride]
+        @cuda.jit(device=True, inline=True)
+        def reduce3(a, b, c, sh_a, sh_b, sh_c):
+            tid = cuda.threadIdx.x
+            if use_shuffle:
+                offset = 16
+                while offset > 0:
+                    a_o = cuda.shfl_down_sync(0xFFFFFFFF, a, offset)
+                    b_o = cuda.shfl_down_sync(0xFFFFFFFF, b, offset)
+                    c_o = cuda.shfl_down_sync(0xFFFFFFFF, c, offset)
+                    a, b, c = combine(a, b, c, a_o, b_o, c_o)
+                    offset //= 2
+                if tid % 32 == 0:
+                    sh_a[tid // 32] = a
+                    sh_b[tid // 32] = b
+                    sh_c[tid // 32] = c
                 cuda.syncthreads()
-                stride //= 2
-        cuda.syncthreads()
-        result = sh_a[0], sh_b[0], sh_c[0]
-        cuda.syncthreads()
-        return result
+                if tid == 0:
+                    for k in range(1, warps):
+                        a, b, c = combine(a, b, c, sh_a[k], sh_b[k], sh_c[k])
+                    sh_a[0] = a
+                    sh_b[0] = b
+                    sh_c[0] = c
+            else:
+                sh_a[tid] = a
+                sh_b[tid] = b
+                sh_c[tid] = c
+                cuda.syncthreads()
+                stride = tpb // 2
+                while stride > 0:
+                    if tid < stride:
+                        a, b, c = combine(
+                            sh_a[tid], sh_b[tid], sh_c[tid],
+                            sh_a[tid + stride], sh_b[tid + stride], sh_c[tid + stride],
+                        )
+                        sh_a[tid] = a
+                        sh_b[tid] = b
+                        sh_c[tid] = c
+                    cuda.syncthreads()
+                    stride //= 2
+            cuda.syncthreads()
+            result = sh_a[0], sh_b[0], sh_c[0]
+            cuda.syncthreads()  # the buffers are reused by the next row
+            return result
+
+        return reduce3
+
+    block_moments = block_reduce(_chan)  # the row's (count, mean, M2)
+    block_sums = block_reduce(_sum3)
 
     @cuda.jit
     def forward(x, w, b, eps, y, mean, rstd):
