@@ -3,10 +3,12 @@
 Layers, each obvious by name:
 
 * ``_forward_impl`` / ``_backward_impl`` -- tensors in, tensors out: outputs are allocated by
-  torch (``torch.empty``) and the kernels see them through DLPack, with no copy.
+  torch (large ones advised onto huge pages, see ``_empty``) and the kernels see every
+  tensor as a zero-copy NumPy view (see ``_view``).
 * ``fastln::forward`` / ``fastln::backward`` -- ``torch.library.custom_op`` wrappers with fake
   (meta) kernels and ``register_autograd``, so ``torch.compile(fullgraph=True)`` traces them.
-* ``layer_norm`` -- ``F.layer_norm``'s signature, via the custom ops.
+* ``layer_norm`` -- ``F.layer_norm``'s signature: the custom ops while torch.compile traces,
+  ``LayerNormFunction`` when eager.
 * ``LayerNormFunction`` -- the plain ``torch.autograd.Function``, for ``.apply(...)``.
 * ``LayerNorm`` -- a subclass of ``nn.LayerNorm``: same constructor, parameters, state_dict
   keys, ``extra_repr`` and ``reset_parameters``; only ``forward`` differs.
@@ -164,16 +166,15 @@ def _forward_impl(x, normalized_shape, weight, bias, eps):
     y = _empty(xc.shape, cdt)
     mean = torch.empty(lead, dtype=_stats_dtype(x.dtype))
     rstd = torch.empty(lead, dtype=_stats_dtype(x.dtype))
-    if rows:
-        _api.run_forward(
-            _rows_view(xc, rows, cols),
-            _param_vector(weight, cols, 1.0, cdt),
-            _param_vector(bias, cols, 0.0, cdt),
-            float(eps),
-            _rows_view(y, rows, cols),
-            _view(mean).reshape(rows),
-            _view(rstd).reshape(rows),
-        )
+    _api.run_forward(
+        _rows_view(xc, rows, cols),
+        _param_vector(weight, cols, 1.0, cdt),
+        _param_vector(bias, cols, 0.0, cdt),
+        float(eps),
+        _rows_view(y, rows, cols),
+        _view(mean).reshape(rows),
+        _view(rstd).reshape(rows),
+    )
     return _as(y, x.dtype), mean, rstd
 
 
