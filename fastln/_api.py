@@ -1,11 +1,59 @@
-"""The NumPy-level API: validate, view as rows, run the CPU (or CUDA) kernel, reshape back."""
+"""The NumPy-level API: one front per public op over one shared pipeline.
+
+Every front goes through the same steps, whatever the norm: route by where the data lives
+(NumPy, Numba CUDA device arrays, Dask arrays, any other DLPack array), validate and view as
+C-contiguous rows (``fastln._checks``), run the kernel (``run_forward``/``run_backward``),
+and view the results back in the caller's shape.  A norm is a :class:`Norm`: its name,
+whether it centres, whether it has a bias, and how ``eps=None`` resolves.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from fastln import _checks, _config, cpu
-from fastln._threading import parallel_guard
+from fastln import _checks, _config, _threading, cpu
+
+
+class Norm(NamedTuple):
+    """What distinguishes one norm from another in the pipeline."""
+
+    name: str
+    centered: bool  # LayerNorm subtracts the mean; RMSNorm does not
+    has_bias: bool
+
+
+LAYER = Norm("layer_norm", True, True)
+RMS = Norm("rms_norm", False, False)
+
+_EMPTY_ROWS: dict = {}
+
+
+def _no_rows(dtype) -> np.ndarray:
+    """A (0, 0) array: an absent residual / residual_out / its gradient (kernels skip it)."""
+    a = _EMPTY_ROWS.get(dtype)
+    if a is None:
+        a = _EMPTY_ROWS[dtype] = np.empty((0, 0), dtype)
+    return a
+
+
+# ---------------------------------------------------------------------------------------
+# Routing: where does the data live?
+# ---------------------------------------------------------------------------------------
+def _route(*arrays):
+    """``"numpy"``, ``"cuda"``, ``"dask"`` or ``"dlpack"`` for the first non-NumPy array."""
+    for a in arrays:
+        if a is None or type(a) is np.ndarray:
+            continue
+        if _checks.is_device_array(a):
+            return "cuda"
+        mod = type(a).__module__
+        if mod.startswith("dask.") and hasattr(a, "chunks"):
+            return "dask"
+        if hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray):
+            return "dlpack"
+    return "numpy"
 
 
 def _cuda():
@@ -15,93 +63,57 @@ def _cuda():
     return cuda
 
 
-def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
-    """LayerNorm forward that also returns the statistics backward needs.
+def _elsewhere(where, fn_name, *args, **kwargs):
+    if where == "cuda":
+        return getattr(_cuda(), fn_name)(*args, **kwargs)
+    if where == "dask":
+        from fastln import dask as fdask
 
-    Parameters
-    ----------
-    x : array_like
-        Input of shape ``(*lead, *normalized_shape)``, float16/32/64, any strides.
-        Never modified.  A Numba CUDA device array runs the CUDA kernels.
-    normalized_shape : int, tuple of int or None, optional
-        Trailing dimensions to normalise over; None (the default) means the last axis.
-    weight, bias : array_like or None, optional
-        Affine parameters of shape ``normalized_shape``; None means 1 and 0.
-    eps : float, optional
-        Added to the variance before the square root, as in ``torch.nn.LayerNorm``.
+        return getattr(fdask, fn_name)(*args, **kwargs)
+    from fastln import interop
 
-    Returns
-    -------
-    y : ndarray
-        Same shape and dtype as ``x``.
-    mean, rstd : ndarray
-        Shape ``lead``; float64 for float64 data, float32 otherwise.
-        ``rstd = 1 / sqrt(var + eps)`` with the biased variance.
-
-    Raises
-    ------
-    TypeError
-        Non-floating data, None, or a non-numeric ``normalized_shape``/``eps``.
-    ValueError
-        A 0-d ``x``, or ``normalized_shape``/``weight``/``bias`` that do not fit ``x``.
-    """
-    if type(x) is not np.ndarray and _checks.is_device_array(x):
-        return _cuda().layer_norm_forward(x, normalized_shape, weight, bias, eps)
-    x = _checks.as_float_array(x, "x")
-    lay = _checks.layout(x.shape, normalized_shape)
-    dtype = _checks.compute_dtype(x.dtype)
-    w = _checks.affine_vector(weight, "weight", lay, 1.0, dtype)
-    b = _checks.affine_vector(bias, "bias", lay, 0.0, dtype)
-    eps = _checks.check_eps(eps)
-    x2 = _checks.as_rows(x, lay, dtype)
-    y = np.empty_like(x2)
-    stat = _checks.stats_dtype(x.dtype)
-    mean = np.empty(lay.rows, stat)
-    rstd = np.empty(lay.rows, stat)
-    run_forward(x2, w, b, eps, y, mean, rstd)
-    y = y.reshape(x.shape)
-    if y.dtype != x.dtype:  # float16 data, computed in float32
-        y = y.astype(x.dtype)
-    return y, mean.reshape(lay.lead_shape), rstd.reshape(lay.lead_shape)
+    return interop.call(fn_name, *args, **kwargs)
 
 
+# ---------------------------------------------------------------------------------------
+# Kernel entries: C-contiguous rows in, results written in place (no checks)
+# ---------------------------------------------------------------------------------------
 def _launch(serial, parallel, one_task: bool, rows: int, size: int, *args):
-    """Run ``serial`` for small or single-task work, else ``parallel`` under the guard."""
-    if one_task or size + _config.ROW_COST * rows < _config.SERIAL_BELOW:
+    """Run ``serial`` for small or single-task work, else ``parallel`` (under the guard)."""
+    if one_task or size + _config.ROW_COST * rows < _config.SERIAL_BELOW or not _threading.parallel_ok():
         serial(*args)
     else:
-        with parallel_guard():
+        with _threading.parallel_guard():
             parallel(*args)
 
 
-def run_forward(x2, w, b, eps, y, mean, rstd):
-    """Pick the serial or parallel forward kernel for C-contiguous rows (no checks)."""
-    rows = x2.shape[0]
-    if rows:
-        _launch(cpu.forward_serial, cpu.forward_parallel, rows == 1, rows, x2.size, x2, w, b, eps, y, mean, rstd)
+def use_column_kernels(rows: int, cols: int, backward: bool = False) -> bool:
+    """Few very wide rows are split by columns (a function of the shape only).  Backward
+    also splits any row so wide that two chunks of partials would pass their cap."""
+    if cols < _config.COL_SPLIT_MIN:
+        return False
+    return rows < _config.MAX_CHUNKS or (backward and 32 * cols > _config.MAX_PARTIAL_BYTES)
 
 
-def run_forward_bf16(xu, w, b, eps, yu, mean, rstd):
+def run_forward(x2, res2, w, b, eps, centered, y, h, mean, rstd):
+    """Forward kernel on ``(rows, cols)`` rows; see :mod:`fastln.cpu.kernels` for arguments."""
+    rows, cols = x2.shape
+    if rows == 0:
+        return
+    if use_column_kernels(rows, cols):
+        _launch(cpu.forward_cols_serial, cpu.forward_cols_parallel, False, rows, x2.size,
+                x2, res2, w, b, eps, centered, y, h, mean, rstd)
+    else:
+        _launch(cpu.forward_serial, cpu.forward_parallel, rows == 1, rows, x2.size,
+                x2, res2, w, b, eps, centered, y, h, mean, rstd)
+
+
+def run_forward_bf16(xu, ru, w, b, eps, centered, yu, hu, mean, rstd):
     """Forward on bfloat16 bits (uint16 rows), converted in the kernel (no checks)."""
     rows = xu.shape[0]
     if rows:
-        one = rows <= cpu.BF16_CHUNK_ROWS
-        _launch(cpu.forward_bf16_serial, cpu.forward_bf16_parallel, one, rows, xu.size, xu, w, b, eps, yu, mean, rstd)
-
-
-def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
-    """LayerNorm of ``x`` over its trailing ``normalized_shape`` dimensions.
-
-    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased variance, exactly
-    as ``torch.nn.functional.layer_norm``.  See :func:`layer_norm_forward` for the
-    parameters; this returns only ``y``.
-
-    Examples
-    --------
-    >>> import numpy as np, fastln
-    >>> fastln.layer_norm(np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]]))  # doctest: +SKIP
-    """
-    return layer_norm_forward(x, normalized_shape, weight, bias, eps)[0]
+        _launch(cpu.forward_bf16_serial, cpu.forward_bf16_parallel, rows <= cpu.BF16_CHUNK_ROWS,
+                rows, xu.size, xu, ru, w, b, eps, centered, yu, hu, mean, rstd)
 
 
 def chunking(rows: int, cols: int) -> tuple[int, int]:
@@ -124,6 +136,176 @@ def chunking(rows: int, cols: int) -> tuple[int, int]:
     return max(1, -(-rows // rows_per_chunk)), rows_per_chunk
 
 
+def run_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw, db):
+    """Backward kernel; ``dw``/``db`` of length 0 mean no parameter gradients.
+
+    Row kernels get float64 per-chunk partials, chunked by :func:`chunking` (the shape
+    alone); column kernels need none.
+    """
+    rows, cols = x2.shape
+    if rows == 0:
+        dw[:] = 0
+        db[:] = 0
+        return
+    if use_column_kernels(rows, cols, backward=True):
+        _launch(cpu.backward_cols_serial, cpu.backward_cols_parallel, False, rows, x2.size,
+                gy2, x2, mean, rstd, w, centered, gres, gx, dw, db)
+        return
+    n_chunks, rows_per_chunk = chunking(rows, cols)
+    dw_part, db_part = np.zeros((2, n_chunks, dw.shape[0]))  # one allocation, two views
+    _launch(
+        cpu.backward_serial, cpu.backward_parallel, n_chunks == 1, rows, x2.size,
+        gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, rows_per_chunk,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The shared pipeline
+# ---------------------------------------------------------------------------------------
+def _forward(norm, x, residual, normalized_shape, weight, bias, eps, out=None):
+    """Validate, run and reshape: ``(y, residual_out or None, mean or None, rstd)``."""
+    x = _checks.as_float_array(x, "x")
+    lay = _checks.layout(x.shape, normalized_shape)
+    dtype = _checks.compute_dtype(x.dtype)
+    w = _checks.param_vector(weight, "weight", lay, dtype)
+    b = _checks.param_vector(bias, "bias", lay, dtype)
+    eps = _checks.check_eps(eps, None if norm.centered else dtype)
+    x2 = _checks.as_rows(x, lay, dtype)
+    if residual is not None:
+        residual = _checks.as_float_array(residual, "residual")
+        if residual.shape != x.shape:
+            raise _checks.ShapeError(f"residual must have the shape of x {x.shape}, got {residual.shape}")
+        res2 = _checks.as_rows(residual, lay, dtype)
+        h = np.empty_like(x2)
+    else:
+        res2 = h = _no_rows(dtype)
+    direct = out is not None and dtype == x.dtype  # float16 is computed in float32, then cast
+    if out is not None:
+        _checks.check_out(out, x, (weight, bias, residual))
+    y = out.reshape(lay.rows, lay.cols) if direct else np.empty_like(x2)
+    stat = _checks.stats_dtype(x.dtype)
+    mean = np.empty(lay.rows if norm.centered else 0, stat)
+    rstd = np.empty(lay.rows, stat)
+    run_forward(x2, res2, w, b, eps, norm.centered, y, h, mean, rstd)
+    if out is not None:
+        if not direct:
+            out[...] = y.reshape(x.shape)
+        y = out
+    else:
+        y = y.reshape(x.shape)
+        if y.dtype != x.dtype:  # float16 data, computed in float32
+            y = y.astype(x.dtype)
+    res_out = None
+    if residual is not None:
+        res_out = h.reshape(x.shape)
+        if res_out.dtype != x.dtype:
+            res_out = res_out.astype(x.dtype)
+    return (
+        y,
+        res_out,
+        mean.reshape(lay.lead_shape) if norm.centered else None,
+        rstd.reshape(lay.lead_shape),
+    )
+
+
+def _backward(norm, grad_y, x, mean, rstd, weight, normalized_shape):
+    """Validate, run and reshape: ``(grad_x, grad_weight or None, grad_bias)``."""
+    x = _checks.as_float_array(x, "x")
+    grad_y = _checks.as_float_array(grad_y, "grad_y")
+    if normalized_shape is None and weight is not None:
+        normalized_shape = np.shape(weight) or None
+    lay = _checks.layout(x.shape, normalized_shape)
+    if grad_y.shape != x.shape:
+        raise _checks.ShapeError(f"grad_y must have the shape of x {x.shape}, got {grad_y.shape}")
+    dtype = _checks.compute_dtype(x.dtype)
+    w = _checks.param_vector(weight, "weight", lay, dtype)
+    mean = _checks.check_stat(mean, "mean", lay, x.dtype) if norm.centered else _checks.EMPTY_STATS[_checks.stats_dtype(x.dtype)]
+    rstd = _checks.check_stat(rstd, "rstd", lay, x.dtype)
+    x2 = _checks.as_rows(x, lay, dtype)
+    gy2 = _checks.as_rows(grad_y, lay, dtype)
+    gx = np.empty_like(x2)
+    dw, db = np.empty((2, lay.cols), dtype)
+    run_backward(gy2, x2, mean, rstd, w, norm.centered, _no_rows(dtype), gx, dw, db)
+    grad_x = gx.reshape(x.shape)
+    if dtype != x.dtype:  # float16 data, computed in float32
+        grad_x, dw, db = grad_x.astype(x.dtype), dw.astype(x.dtype), db.astype(x.dtype)
+    gw = dw.reshape(lay.norm_shape) if weight is not None else None
+    return grad_x, gw, db.reshape(lay.norm_shape)
+
+
+# ---------------------------------------------------------------------------------------
+# Public fronts
+# ---------------------------------------------------------------------------------------
+def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
+    """LayerNorm forward that also returns the statistics backward needs.
+
+    Parameters
+    ----------
+    x : array_like
+        Input of shape ``(*lead, *normalized_shape)``, float16/32/64, any strides.  Never
+        modified.  A Numba CUDA device array runs the CUDA kernels; a Dask array gives a
+        lazy result; any other array with ``__dlpack__`` (torch, JAX, CuPy...) comes back
+        as the same kind of array (no autograd: that is what ``fastln.torch`` is for).
+    normalized_shape : int, tuple of int or None, optional
+        Trailing dimensions to normalise over; None (the default) means the last axis.
+    weight, bias : array_like or None, optional
+        Affine parameters of shape ``normalized_shape``; None means 1 and 0.
+    eps : float, optional
+        Added to the variance before the square root, as in ``torch.nn.LayerNorm``.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape and dtype as ``x``.
+    mean, rstd : ndarray
+        Shape ``lead``; float64 for float64 data, float32 otherwise.
+        ``rstd = 1 / sqrt(var + eps)`` with the biased variance.
+
+    Raises
+    ------
+    TypeError
+        Non-floating data, None, or a non-numeric ``normalized_shape``/``eps``.
+    ValueError
+        A 0-d ``x``, or ``normalized_shape``/``weight``/``bias`` that do not fit ``x``.
+    """
+    if type(x) is not np.ndarray and (where := _route(x, weight, bias)) != "numpy":
+        return _elsewhere(where, "layer_norm_forward", x, normalized_shape, weight, bias, eps)
+    y, _, mean, rstd = _forward(LAYER, x, None, normalized_shape, weight, bias, eps)
+    return y, mean, rstd
+
+
+def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5, out=None):
+    """LayerNorm of ``x`` over its trailing ``normalized_shape`` dimensions.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased variance, exactly
+    as ``torch.nn.functional.layer_norm``.  See :func:`layer_norm_forward` for the other
+    parameters.
+
+    Parameters
+    ----------
+    out : ndarray, optional
+        Where to write ``y``: a writeable, C-contiguous array of ``x``'s shape and dtype
+        (NumPy's convention), or ``x`` itself to normalise in place.  A reused buffer skips
+        the page faults of a fresh allocation.
+
+    Returns
+    -------
+    ndarray
+        ``y`` (``out`` when given).
+
+    Examples
+    --------
+    >>> import numpy as np, fastln
+    >>> fastln.layer_norm(np.array([[1.0, 2.0, 3.0]])).round(4)
+    array([[-1.2247,  0.    ,  1.2247]])
+    """
+    if type(x) is not np.ndarray and (where := _route(x, weight, bias)) != "numpy":
+        if out is not None:
+            raise TypeError("out= is supported for NumPy arrays only")
+        return _elsewhere(where, "layer_norm", x, normalized_shape, weight, bias, eps)
+    return _forward(LAYER, x, None, normalized_shape, weight, bias, eps, out)[0]
+
+
 def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=None):
     """Gradients of LayerNorm with respect to its input, weight and bias, in one sweep.
 
@@ -137,7 +319,7 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
         Statistics from :func:`layer_norm_forward`, of shape ``x.shape[:x.ndim - k]``
         (torch's trailing-ones shape is accepted too).
     weight : array_like or None, optional
-        The forward weight; None means no affine transform (and no parameter gradients).
+        The forward weight; None means no affine scale (and no ``grad_weight``).
     normalized_shape : int, tuple of int or None, optional
         As in the forward; None means the last axis, or ``weight.shape`` when given.
 
@@ -145,53 +327,135 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
     -------
     grad_x : ndarray
         Same shape and dtype as ``x``.
-    grad_weight, grad_bias : ndarray or None
+    grad_weight : ndarray or None
         Shape ``normalized_shape``, ``x``'s dtype; None when ``weight`` is None.
-        Bitwise identical whatever the thread count.
+    grad_bias : ndarray
+        ``grad_y`` summed over the rows: it never needs the weight.  Parameter gradients
+        are bitwise identical whatever the thread count.
     """
     if not (type(x) is np.ndarray and type(grad_y) is np.ndarray) and (
-        _checks.is_device_array(x) or _checks.is_device_array(grad_y)
-    ):
-        return _cuda().layer_norm_backward(grad_y, x, mean, rstd, weight, normalized_shape)
-    x = _checks.as_float_array(x, "x")
-    grad_y = _checks.as_float_array(grad_y, "grad_y")
-    if normalized_shape is None and weight is not None:
-        normalized_shape = np.shape(weight) or None
-    lay = _checks.layout(x.shape, normalized_shape)
-    if grad_y.shape != x.shape:
-        raise _checks.ShapeError(f"grad_y must have the shape of x {x.shape}, got {grad_y.shape}")
-    param_grads = weight is not None
-    dtype = _checks.compute_dtype(x.dtype)
-    w = _checks.affine_vector(weight, "weight", lay, 1.0, dtype)
-    mean = _checks.check_stat(mean, "mean", lay, x.dtype)
-    rstd = _checks.check_stat(rstd, "rstd", lay, x.dtype)
-    x2 = _checks.as_rows(x, lay, dtype)
-    gy2 = _checks.as_rows(grad_y, lay, dtype)
-    gx = np.empty_like(x2)
-    dw, db = np.empty((2, lay.cols if param_grads else 0), dtype)
-    run_backward(gy2, x2, mean, rstd, w, gx, dw, db)
-    grad_x = gx.reshape(x.shape)
-    if dtype != x.dtype:  # float16 data, computed in float32
-        grad_x, dw, db = grad_x.astype(x.dtype), dw.astype(x.dtype), db.astype(x.dtype)
-    if not param_grads:
-        return grad_x, None, None
-    return grad_x, dw.reshape(lay.norm_shape), db.reshape(lay.norm_shape)
+        where := _route(x, grad_y, mean, rstd, weight)
+    ) != "numpy":
+        return _elsewhere(where, "layer_norm_backward", grad_y, x, mean, rstd, weight, normalized_shape)
+    return _backward(LAYER, grad_y, x, mean, rstd, weight, normalized_shape)
 
 
-def run_backward(gy2, x2, mean, rstd, w, gx, dw, db):
-    """Pick the serial or parallel backward kernel and give it its partials (no checks).
+def rms_norm_forward(x, normalized_shape=None, weight=None, eps=None):
+    """RMSNorm forward that also returns ``rstd`` for backward.
 
-    ``dw``/``db`` of length 0 mean no parameter gradients; else they receive the sums of
-    per-chunk float64 partials, chunked by :func:`chunking` (the shape alone).
+    ``y = x / sqrt(mean(x**2) + eps) * weight``, exactly as ``torch.nn.functional.rms_norm``.
+
+    Parameters
+    ----------
+    x : array_like
+        As in :func:`layer_norm_forward`.
+    normalized_shape : int, tuple of int or None, optional
+        Trailing dimensions to normalise over; None means the last axis.
+    weight : array_like or None, optional
+        Scale of shape ``normalized_shape``; None means 1.
+    eps : float or None, optional
+        None means torch's default: the machine epsilon of the computation dtype
+        (float32's for float16, bfloat16 and float32 data, float64's for float64).
+
+    Returns
+    -------
+    y : ndarray
+        Same shape and dtype as ``x``.
+    rstd : ndarray
+        Shape ``lead``; ``1 / sqrt(mean(x**2) + eps)``, float64 for float64 data, else float32.
     """
-    rows, cols = x2.shape
-    if rows == 0:
-        dw[:] = 0
-        db[:] = 0
-        return
-    n_chunks, rows_per_chunk = chunking(rows, cols)
-    dw_part, db_part = np.zeros((2, n_chunks, dw.shape[0]))  # one allocation, two views
-    _launch(
-        cpu.backward_serial, cpu.backward_parallel, n_chunks == 1, rows, x2.size,
-        gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, rows_per_chunk,
-    )
+    if type(x) is not np.ndarray and (where := _route(x, weight)) != "numpy":
+        return _elsewhere(where, "rms_norm_forward", x, normalized_shape, weight, eps)
+    y, _, _, rstd = _forward(RMS, x, None, normalized_shape, weight, None, eps)
+    return y, rstd
+
+
+def rms_norm(x, normalized_shape=None, weight=None, eps=None, out=None):
+    """RMSNorm of ``x`` over its trailing ``normalized_shape`` dimensions.
+
+    See :func:`rms_norm_forward`; ``out`` is as in :func:`layer_norm`.
+
+    Returns
+    -------
+    ndarray
+        ``y`` (``out`` when given).
+    """
+    if type(x) is not np.ndarray and (where := _route(x, weight)) != "numpy":
+        if out is not None:
+            raise TypeError("out= is supported for NumPy arrays only")
+        return _elsewhere(where, "rms_norm", x, normalized_shape, weight, eps)
+    return _forward(RMS, x, None, normalized_shape, weight, None, eps, out)[0]
+
+
+def rms_norm_backward(grad_y, x, rstd, weight=None, normalized_shape=None):
+    """Gradients of RMSNorm with respect to its input and weight, in one sweep.
+
+    ``dx = rstd * (w*dy - x_hat * mean(w*dy*x_hat))``, ``dw = sum over rows of dy * x_hat``.
+
+    Parameters
+    ----------
+    grad_y, x : array_like
+        As in :func:`layer_norm_backward`.
+    rstd : array_like
+        From :func:`rms_norm_forward`.
+    weight : array_like or None, optional
+        The forward weight; None means no scale (and no ``grad_weight``).
+    normalized_shape : int, tuple of int or None, optional
+        As in the forward; None means the last axis, or ``weight.shape`` when given.
+
+    Returns
+    -------
+    grad_x : ndarray
+        Same shape and dtype as ``x``.
+    grad_weight : ndarray or None
+        Shape ``normalized_shape``; None when ``weight`` is None.
+    """
+    if not (type(x) is np.ndarray and type(grad_y) is np.ndarray) and (
+        where := _route(x, grad_y, rstd, weight)
+    ) != "numpy":
+        return _elsewhere(where, "rms_norm_backward", grad_y, x, rstd, weight, normalized_shape)
+    gx, gw, _ = _backward(RMS, grad_y, x, None, rstd, weight, normalized_shape)
+    return gx, gw
+
+
+def add_layer_norm(x, residual, normalized_shape=None, weight=None, bias=None, eps=1e-5):
+    """The pre-norm block ``h = x + residual; y = layer_norm(h)`` in one read of both.
+
+    Parameters
+    ----------
+    x, residual : array_like
+        Same shape and dtype; never modified.
+    normalized_shape, weight, bias, eps
+        As in :func:`layer_norm`.
+
+    Returns
+    -------
+    y : ndarray
+        LayerNorm of ``h``.
+    residual_out : ndarray
+        ``h = x + residual``, in ``x``'s dtype: the next block's residual.
+    """
+    if (type(x) is not np.ndarray or type(residual) is not np.ndarray) and (
+        where := _route(x, residual, weight, bias)
+    ) != "numpy":
+        return _elsewhere(where, "add_layer_norm", x, residual, normalized_shape, weight, bias, eps)
+    y, h, _, _ = _forward(LAYER, x, _checks.required(residual, "residual"), normalized_shape, weight, bias, eps)
+    return y, h
+
+
+def add_rms_norm(x, residual, normalized_shape=None, weight=None, eps=None):
+    """The pre-norm block ``h = x + residual; y = rms_norm(h)`` in one read of both.
+
+    Returns
+    -------
+    y : ndarray
+        RMSNorm of ``h``.
+    residual_out : ndarray
+        ``h = x + residual``, in ``x``'s dtype.
+    """
+    if (type(x) is not np.ndarray or type(residual) is not np.ndarray) and (
+        where := _route(x, residual, weight)
+    ) != "numpy":
+        return _elsewhere(where, "add_rms_norm", x, residual, normalized_shape, weight, eps)
+    y, h, _, _ = _forward(RMS, x, _checks.required(residual, "residual"), normalized_shape, weight, None, eps)
+    return y, h

@@ -7,7 +7,6 @@ expected, and print the values that did not match.  Nothing here modifies its in
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from typing import NamedTuple
@@ -22,6 +21,11 @@ _F16 = np.dtype(np.float16)
 class ShapeError(ValueError, RuntimeError):
     """A shape that does not fit: a ``ValueError`` for NumPy users, and a ``RuntimeError``
     as torch raises for the same mistake, so the bridge's users catch what they expect."""
+
+
+class DTypeError(TypeError, NotImplementedError):
+    """An unsupported dtype: a ``TypeError`` for NumPy users, and the ``NotImplementedError``
+    (a ``RuntimeError``) torch raises for the same mistake."""
 
 
 class Layout(NamedTuple):
@@ -56,7 +60,7 @@ def as_float_array(x, name: str) -> np.ndarray:
         except Exception as exc:  # ragged lists and the like
             raise TypeError(f"{name} must be a floating-point array: {exc}") from None
     if x.dtype not in NATIVE_DTYPES and x.dtype != _F16:
-        raise TypeError(
+        raise DTypeError(
             f"{name} must have dtype float16, float32 or float64, got {x.dtype}"
             + (" (cast integers with .astype(np.float32))" if x.dtype.kind in "biu" else "")
         )
@@ -141,19 +145,18 @@ def stats_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
-@functools.lru_cache(maxsize=64)
-def constant_vector(cols: int, value: float, dtype: np.dtype) -> np.ndarray:
-    """A read-only vector of ``cols`` copies of ``value``, cached: what a missing weight
-    (ones) or bias (zeros) becomes.  Kernels only read it."""
-    v = np.full(cols, value, dtype)
-    v.setflags(write=False)
-    return v
+#: Length-0 vectors: what a missing weight/bias, or RMSNorm's absent mean, is passed as.
+#: Kernels test the length and skip the term, so no buffer sized by the input is kept.
+EMPTY = {np.dtype(d): np.empty(0, d) for d in (np.float16, np.float32, np.float64)}
+EMPTY_STATS = EMPTY
+for _a in EMPTY.values():
+    _a.setflags(write=False)
 
 
-def affine_vector(p, name: str, lay: Layout, fill: float, dtype: np.dtype) -> np.ndarray:
-    """``weight``/``bias`` as a ``dtype`` vector of ``cols`` values (``fill`` when ``p`` is None)."""
+def param_vector(p, name: str, lay: Layout, dtype: np.dtype) -> np.ndarray:
+    """``weight``/``bias`` as a ``dtype`` vector of ``cols`` values; length 0 when ``p`` is None."""
     if p is None:
-        return constant_vector(lay.cols, fill, dtype)
+        return EMPTY[dtype]
     if type(p) is np.ndarray and p.dtype == dtype and p.shape == lay.norm_shape and p.flags.c_contiguous:
         return p.reshape(lay.cols)  # the common case: a view, no copy, no conversion
     if is_device_array(p):
@@ -166,14 +169,52 @@ def affine_vector(p, name: str, lay: Layout, fill: float, dtype: np.dtype) -> np
     return np.ascontiguousarray(p, dtype=dtype).reshape(lay.cols)
 
 
-def check_eps(eps) -> float:
-    """``eps`` as a float; any real number torch accepts."""
-    if isinstance(eps, (bool, str, bytes)) or eps is None:
+def default_eps(dtype: np.dtype) -> float:
+    """torch's ``eps=None`` for RMSNorm: the machine epsilon of the computation dtype
+    (float32's for half types and float32, float64's for float64), as ``torch.rms_norm``."""
+    return float(np.finfo(np.float64 if dtype == np.float64 else np.float32).eps)
+
+
+def check_eps(eps, dtype: np.dtype | None = None) -> float:
+    """``eps`` as a float: any real number torch accepts.  None resolves to
+    :func:`default_eps` when ``dtype`` is given (RMSNorm), else it is an error."""
+    if eps is None and dtype is not None:
+        return default_eps(dtype)
+    if isinstance(eps, (bool, str, bytes, complex, np.complexfloating, np.bool_)) or eps is None:
         raise TypeError(f"eps must be a real number, got {eps!r}")
     try:
         return float(eps)
     except (TypeError, ValueError):
         raise TypeError(f"eps must be a real number, got {eps!r}") from None
+
+
+def required(a, name: str):
+    """``a``, or a TypeError naming the missing argument."""
+    if a is None:
+        raise TypeError(f"{name} must be a floating-point array, got None")
+    return a
+
+
+def check_out(out, x: np.ndarray, others) -> None:
+    """``out=``: a writeable C-contiguous ndarray of ``x``'s shape and dtype, disjoint from
+    the other inputs; it may be ``x`` itself (in place), but not a partial overlap of it."""
+    if type(out) is not np.ndarray and not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.shape != x.shape or out.dtype != x.dtype:
+        raise ValueError(
+            f"out must have the shape and dtype of x {x.shape} {x.dtype}, got {out.shape} {out.dtype}"
+        )
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    if np.may_share_memory(out, x):
+        same = out.ctypes.data == x.ctypes.data and out.strides == x.strides
+        if not same:
+            raise ValueError("out overlaps x without being x: pass x itself or a separate buffer")
+    for o in others:
+        if isinstance(o, np.ndarray) and np.may_share_memory(out, o):
+            raise ValueError("out must not share memory with weight, bias or residual")
 
 
 def as_rows(x: np.ndarray, lay: Layout, dtype: np.dtype) -> np.ndarray:

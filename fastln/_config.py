@@ -16,14 +16,24 @@ def _env_flag(name: str, default: bool) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off", "")
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
     value = os.environ.get(name)
-    return default if value is None else int(value)
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if n < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {n}")
+    return n
 
 
 #: Numba's on-disk cache for the CPU kernels.  On by default: it turns a ~10 s cold compile
-#: into a sub-second load.  Concurrent cold-cache processes are tested in
-#: tests/test_threads.py (numba issue 4807 is why numbagg keeps it opt-in).
+#: into a sub-second load.  It goes through ``fastln._cache``, which keys entries by the
+#: compile-time constants and the kernel sources, recovers from corrupt files and falls back
+#: to in-memory compilation when nothing is writable.  Concurrent cold-cache processes are
+#: tested in tests/test_cache.py (numba issue 4807 is why numbagg keeps it opt-in).
 CACHE = _env_flag("FASTLN_CACHE", True)
 
 #: LLVM fast-math flags for reduction loops (row sums): ``reassoc`` lets LLVM split a sum
@@ -42,11 +52,11 @@ BLOCK = _env_int("FASTLN_BLOCK", 512)
 
 #: Work below this runs the serial kernels: waking worker threads (3-5 us) costs more than
 #: the work itself.  Work counts elements plus ``ROW_COST`` per row.
-SERIAL_BELOW = _env_int("FASTLN_SERIAL_BELOW", 1 << 15)
+SERIAL_BELOW = _env_int("FASTLN_SERIAL_BELOW", 1 << 15, minimum=0)
 
 #: A row's fixed cost (reductions' set-up, sqrt, loop tails) in elements: 640x20 runs
 #: 2.3x faster in parallel although it holds only 12,800 elements.
-ROW_COST = _env_int("FASTLN_ROW_COST", 128)
+ROW_COST = _env_int("FASTLN_ROW_COST", 128, minimum=0)
 
 #: The backward pass splits rows into at most this many chunks, each with its own row of
 #: grad_weight/grad_bias partials.  The split depends only on the shape, never on the
@@ -64,3 +74,18 @@ MAX_PARTIAL_BYTES = _env_int("FASTLN_MAX_PARTIAL_BYTES", 4 << 20)
 #: Backward gathers grad_weight/grad_bias over this many rows in the data's dtype before
 #: adding them into float64 partials.
 FLUSH_ROWS = _env_int("FASTLN_FLUSH_ROWS", 16)
+
+#: Wide rows are split into column blocks of this many elements (a multiple of ``BLOCK``)
+#: so that a few very wide rows still use every thread and backward needs no per-chunk
+#: partials (see ``fastln.cpu.kernels``).
+COL_BLOCK = _env_int("FASTLN_COL_BLOCK", 8192)
+
+#: Rows at least this wide, when there are fewer than ``MAX_CHUNKS`` of them, take the
+#: column-split kernels; rows wider than ``MAX_PARTIAL_BYTES / 32`` always do, so backward
+#: partials never exceed their cap.
+COL_SPLIT_MIN = _env_int("FASTLN_COL_SPLIT_MIN", 1 << 16)
+
+
+def compile_time_constants() -> tuple:
+    """The knobs baked into compiled kernels: the kernel cache is keyed by them."""
+    return (("BLOCK", BLOCK), ("FLUSH_ROWS", FLUSH_ROWS), ("COL_BLOCK", COL_BLOCK))

@@ -1,21 +1,27 @@
-"""Choose a Numba threading layer that is safe for fastln's users.
+"""Choose a Numba threading layer that is safe for fastln's users, and know when it is not.
 
 fastln is called from PyTorch training loops: from several Python threads at once, and in
 processes that later fork (DataLoader workers).  Numba's layers differ:
 
-========== ============ ==========
+========== ============ =========================================================
 layer      thread-safe  fork-safe
-========== ============ ==========
+========== ============ =========================================================
 tbb        yes          yes
-omp (GNU)  yes          no (a forked child hangs)
+omp (GNU)  yes          no: a forked child that launches is killed ("Terminating:
+                        fork() called from a process already using GNU OpenMP")
 workqueue  no (aborts)  yes
-========== ============ ==========
+========== ============ =========================================================
 
 So fastln asks for ``tbb``.  The ``tbb`` wheel from PyPI installs ``libtbb.so.12`` in
 ``<prefix>/lib``, which Numba's extension cannot find inside a virtualenv; preloading it with
-``ctypes`` fixes that.  If TBB cannot load, fastln falls back to whatever Numba picks and, when
-that layer is not thread-safe, serialises its own parallel launches with a lock
-(:data:`PARALLEL_LOCK`).  A layer chosen by the user (``NUMBA_THREADING_LAYER``) is respected.
+``ctypes`` fixes that.  Without TBB fastln asks for Numba's ``forksafe`` choice (``workqueue``
+on Linux) and serialises its own parallel launches with a lock (:data:`PARALLEL_LOCK`), since
+workqueue is not thread-safe.  A layer chosen by the user (``NUMBA_THREADING_LAYER``) is
+respected, and so is one already started by other Numba code before ``import fastln``.
+
+When the process forks while GNU OpenMP is the active layer, the child can never launch a
+parallel region again; :func:`parallel_ok` then says so (``os.register_at_fork``) and fastln
+runs its serial kernels there, with the same results.
 """
 
 from __future__ import annotations
@@ -66,18 +72,48 @@ def configure() -> str:
     Returns
     -------
     str
-        The layer asked for: ``"tbb"``, or ``"default"`` when TBB is unavailable or the user
-        already chose.
+        The layer asked for: ``"tbb"``; ``"forksafe"`` when TBB is unavailable; the user's
+        choice; or ``"default"`` when a layer was already running.
     """
     if _user_chose_layer():
         return numba.config.THREADING_LAYER
     if _preload_tbb():
         numba.config.THREADING_LAYER = "tbb"
         return "tbb"
+    if active_layer() == "not started":  # another library may have started one already
+        numba.config.THREADING_LAYER = "forksafe"
+        return "forksafe"
     return "default"
 
 
+def active_layer() -> str:
+    """The threading layer Numba runs, or ``"not started"`` before the first parallel launch."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return "not started"
+
+
 REQUESTED_LAYER = configure()
+
+#: True in a child forked while GNU OpenMP was running: parallel launches would kill it.
+FORKED_FROM_OPENMP = False
+
+
+def _after_fork_in_child() -> None:
+    global FORKED_FROM_OPENMP, PARALLEL_LOCK
+    PARALLEL_LOCK = threading.Lock()  # a lock held by another parent thread stays held
+    if active_layer() == "omp":
+        FORKED_FROM_OPENMP = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def parallel_ok() -> bool:
+    """False where a parallel launch cannot work: a child forked from a GNU OpenMP parent."""
+    return not FORKED_FROM_OPENMP
 
 #: Held around every parallel kernel launch when the active layer is not thread-safe.
 PARALLEL_LOCK = threading.Lock()
@@ -101,9 +137,12 @@ def parallel_guard():
     return PARALLEL_LOCK
 
 
-def active_layer() -> str:
-    """The threading layer Numba runs, or ``"not started"`` before the first parallel launch."""
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return "not started"
+
+def describe() -> dict:
+    """Threading state for ``fastln info``."""
+    return {
+        "requested": REQUESTED_LAYER,
+        "active": active_layer(),
+        "forked_from_openmp": FORKED_FROM_OPENMP,
+        "pid": os.getpid(),
+    }

@@ -120,43 +120,62 @@ def _kernels(tpb: int, use_shuffle: bool):
     block_sums = block_reduce(_sum3)
 
     @cuda.jit
-    def forward(x, w, b, eps, y, mean, rstd):
-        # x, y: (rows, cols) float32|float64; w, b: (cols,) same dtype; mean, rstd: (rows,)
+    def forward(x, res, w, b, eps, centered, y, h, mean, rstd):
+        # x, y: (rows, cols) float32|float64; res, h: (rows, cols) or (0, 0) without a
+        # residual; w, b: (cols,) or (0,) when absent; mean: (rows,) or (0,) (RMSNorm); rstd: (rows,)
         sh_n = cuda.shared.array(tpb, float64)
         sh_m = cuda.shared.array(tpb, float64)
         sh_q = cuda.shared.array(tpb, float64)
         rows, cols = x.shape
         tid = cuda.threadIdx.x
         cast = x.dtype.type
+        has_res = h.shape[0] != 0
+        has_w = w.shape[0] != 0
+        has_b = b.shape[0] != 0
+        src = h if has_res else x
         for i in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-            # This thread's share: x[i, tid::tpb], summed shifted by its first element.
+            if has_res:  # h = x + res, written and read back by the same thread
+                for j in range(tid, cols, tpb):
+                    h[i, j] = x[i, j] + res[i, j]
+            # This thread's share: src[i, tid::tpb], summed shifted by its own first element.
             n = 0.0
             p = 0.0
-            if tid < cols:
-                p = np.float64(x[i, tid])
+            if tid < cols and centered:
+                p = np.float64(src[i, tid])
             s = 0.0
             q = 0.0
             for j in range(tid, cols, tpb):
-                d = np.float64(x[i, j]) - p
+                d = np.float64(src[i, j]) - p
                 s += d
                 q += d * d
                 n += 1.0
-            m_t = p + s / n if n > 0.0 else 0.0
-            q_t = q - s * (s / n) if n > 0.0 else 0.0
-            n, mu, m2 = block_moments(n, m_t, max(q_t, 0.0), sh_n, sh_m, sh_q)
+            if centered:
+                m_t = p + s / n if n > 0.0 else 0.0
+                q_t = q - s * (s / n) if n > 0.0 else 0.0
+                n, mu, m2 = block_moments(n, m_t, max(q_t, 0.0), sh_n, sh_m, sh_q)
+            else:  # RMSNorm: only the sum of squares
+                m2, n, s = block_sums(q, n, s, sh_n, sh_m, sh_q)
+                mu = 0.0
             r = 1.0 / math.sqrt(m2 / cols + eps)
             mean_t = cast(mu)
             resid_t = cast(mu - np.float64(mean_t))
             r_t = cast(r)
             for j in range(tid, cols, tpb):
-                y[i, j] = ((x[i, j] - mean_t) - resid_t) * r_t * w[j] + b[j]
+                v = ((src[i, j] - mean_t) - resid_t) * r_t
+                if has_w:
+                    v = v * w[j]
+                if has_b:
+                    v = v + b[j]
+                y[i, j] = v
             if tid == 0:
-                mean[i] = mu
+                if mean.shape[0] != 0:
+                    mean[i] = mu
                 rstd[i] = r
 
     @cuda.jit
-    def backward(gy, x, mean, rstd, w, gx, dw_part, db_part):
-        # gy, x, gx: (rows, cols); mean, rstd: (rows,); w: (cols,);
+    def backward(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part):
+        # gy, x, gx: (rows, cols); gres: (rows, cols) or (0, 0); mean: (rows,) or (0,);
+        # rstd: (rows,); w: (cols,) or (0,);
         # dw_part, db_part: (blocks, cols) float64 zeroed, or (blocks, 0) for none
         sh_a = cuda.shared.array(tpb, float64)
         sh_b = cuda.shared.array(tpb, float64)
@@ -165,29 +184,40 @@ def _kernels(tpb: int, use_shuffle: bool):
         tid = cuda.threadIdx.x
         blk = cuda.blockIdx.x
         param_grads = dw_part.shape[1] > 0
+        has_w = w.shape[0] != 0
+        has_gres = gres.shape[0] != 0
         cast = x.dtype.type
         for i in range(blk, rows, cuda.gridDim.x):
-            m = cast(mean[i])
+            m = cast(mean[i]) if centered else cast(0.0)
             r = np.float64(rstd[i])
             s_d = 0.0
             s_g = 0.0
             s_gd = 0.0
             for j in range(tid, cols, tpb):
                 d = np.float64(x[i, j] - m)
-                wdy = np.float64(gy[i, j] * w[j])
+                wdy = np.float64(gy[i, j] * w[j]) if has_w else np.float64(gy[i, j])
                 s_d += d
                 s_g += wdy
                 s_gd += wdy * d
             s_d, s_g, s_gd = block_sums(s_d, s_g, s_gd, sh_a, sh_b, sh_c)
-            corr = s_d / cols
-            c1 = cast((s_gd - corr * s_g) * r / cols)
-            c2 = cast(s_g / cols)
+            if centered:
+                corr = s_d / cols
+                c1 = cast((s_gd - corr * s_g) * r / cols)
+                c2 = cast(s_g / cols)
+            else:
+                corr = 0.0
+                c1 = cast(s_gd * r / cols)
+                c2 = cast(0.0)
             corr_t = cast(corr)
             r_t = cast(r)
             for j in range(tid, cols, tpb):
                 g = gy[i, j]
                 x_hat = ((x[i, j] - m) - corr_t) * r_t
-                gx[i, j] = (g * w[j] - (x_hat * c1 + c2)) * r_t
+                wdy_t = g * w[j] if has_w else g
+                v = (wdy_t - (x_hat * c1 + c2)) * r_t
+                if has_gres:
+                    v = v + gres[i, j]
+                gx[i, j] = v
                 if param_grads:
                     dw_part[blk, j] += g * x_hat
                     db_part[blk, j] += g
@@ -216,12 +246,13 @@ def kernels():
 # ---------------------------------------------------------------------------------------
 # Launchers (no checks): 2-D C-contiguous device arrays in, results written in place
 # ---------------------------------------------------------------------------------------
-def launch_forward(x2, w, b, eps, y, mean, rstd, stream=0):
+def launch_forward(x2, res2, w, b, eps, centered, y, h, mean, rstd, stream=0):
+    """Forward kernel on 2-D C-contiguous device arrays (see ``_kernels`` for the shapes)."""
     rows = x2.shape[0]
     if rows == 0:
         return
     forward, _, _ = kernels()
-    forward[min(rows, 65535), config.THREADS_PER_BLOCK, stream](x2, w, b, eps, y, mean, rstd)
+    forward[min(rows, 65535), config.THREADS_PER_BLOCK, stream](x2, res2, w, b, eps, centered, y, h, mean, rstd)
 
 
 def backward_blocks(rows: int) -> int:
@@ -229,12 +260,13 @@ def backward_blocks(rows: int) -> int:
     return max(1, min(rows, config.MAX_BACKWARD_BLOCKS))
 
 
-def launch_backward(gy2, x2, mean, rstd, w, gx, dw_part, db_part, dw, db, stream=0):
+def launch_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, stream=0):
+    """Backward kernel, then the fixed-order reduction of the block partials."""
     rows = x2.shape[0]
     _, backward, reduce = kernels()
     tpb = config.THREADS_PER_BLOCK
     if rows:
-        backward[dw_part.shape[0], tpb, stream](gy2, x2, mean, rstd, w, gx, dw_part, db_part)
+        backward[dw_part.shape[0], tpb, stream](gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part)
     if dw.shape[0]:
         reduce[-(-dw.shape[0] // tpb), tpb, stream](dw_part, db_part, dw, db)
 
@@ -262,14 +294,20 @@ def _device(a, name):
     return a
 
 
-@functools.lru_cache(maxsize=32)
-def _constant(cols, value, dtype):
-    return cuda.to_device(np.full(cols, value, dtype))
+_EMPTY: dict = {}
 
 
-def _param(p, name, lay, fill, dtype):
+def empty(shape, dtype):
+    """A length-0 device array: an absent weight, bias, residual or statistic."""
+    key = (shape, np.dtype(dtype))
+    if key not in _EMPTY:
+        _EMPTY[key] = cuda.device_array(shape, dtype)
+    return _EMPTY[key]
+
+
+def _param(p, name, lay, dtype):
     if p is None:
-        return _constant(lay.cols, fill, dtype)
+        return empty((0,), dtype)
     p = _device(p, name)
     if tuple(p.shape) != lay.norm_shape:
         raise _checks.ShapeError(f"{name} must have shape normalized_shape={lay.norm_shape}, got {tuple(p.shape)}")
@@ -278,24 +316,40 @@ def _param(p, name, lay, fill, dtype):
     return p.reshape(lay.cols)
 
 
-def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
-    """:func:`fastln.layer_norm_forward` on device arrays; returns device arrays."""
+def _forward(centered, x, residual, normalized_shape, weight, bias, eps):
     x = _device(x, "x")
     lay = _checks.layout(tuple(x.shape), normalized_shape)
     dtype = np.dtype(x.dtype)
-    w = _param(weight, "weight", lay, 1.0, dtype)
-    b = _param(bias, "bias", lay, 0.0, dtype)
-    eps = _checks.check_eps(eps)
+    w = _param(weight, "weight", lay, dtype)
+    b = _param(bias, "bias", lay, dtype)
+    eps = _checks.check_eps(eps, None if centered else dtype)
     x2 = x.reshape(lay.rows, lay.cols)
+    if residual is not None:
+        residual = _device(residual, "residual")
+        if tuple(residual.shape) != tuple(x.shape) or residual.dtype != x.dtype:
+            raise _checks.ShapeError(
+                f"residual must have the shape and dtype of x {tuple(x.shape)} {x.dtype}, "
+                f"got {tuple(residual.shape)} {residual.dtype}"
+            )
+        res2 = residual.reshape(lay.rows, lay.cols)
+        h = cuda.device_array((lay.rows, lay.cols), dtype)
+    else:
+        res2 = h = empty((0, 0), dtype)
     y = cuda.device_array((lay.rows, lay.cols), dtype)
-    mean = cuda.device_array(lay.rows, _checks.stats_dtype(dtype))
-    rstd = cuda.device_array(lay.rows, _checks.stats_dtype(dtype))
-    launch_forward(x2, w, b, eps, y, mean, rstd)
-    return y.reshape(tuple(x.shape)), mean.reshape(lay.lead_shape), rstd.reshape(lay.lead_shape)
+    stat = _checks.stats_dtype(dtype)
+    mean = cuda.device_array(lay.rows, stat) if centered else empty((0,), stat)
+    rstd = cuda.device_array(lay.rows, stat)
+    launch_forward(x2, res2, w, b, eps, centered, y, h, mean, rstd)
+    shape = tuple(x.shape)
+    return (
+        y.reshape(shape),
+        h.reshape(shape) if residual is not None else None,
+        mean.reshape(lay.lead_shape) if centered else None,
+        rstd.reshape(lay.lead_shape),
+    )
 
 
-def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=None):
-    """:func:`fastln.layer_norm_backward` on device arrays; returns device arrays."""
+def _backward(centered, grad_y, x, mean, rstd, weight, normalized_shape):
     x = _device(x, "x")
     grad_y = _device(grad_y, "grad_y")
     if normalized_shape is None and weight is not None:
@@ -307,87 +361,70 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=Non
             f"got {tuple(grad_y.shape)} {grad_y.dtype}"
         )
     dtype = np.dtype(x.dtype)
-    w = _param(weight, "weight", lay, 1.0, dtype)
+    w = _param(weight, "weight", lay, dtype)
     stats = []
     for name, s in (("mean", mean), ("rstd", rstd)):
+        if name == "mean" and not centered:
+            stats.append(empty((0,), _checks.stats_dtype(dtype)))
+            continue
         s = _device(s, name)
         if tuple(s.shape) not in (lay.lead_shape, lay.lead_shape + (1,) * len(lay.norm_shape)):
             raise _checks.ShapeError(f"{name} must have shape {lay.lead_shape}, got {tuple(s.shape)}")
         stats.append(s.reshape(lay.rows))
-    param_grads = weight is not None
-    part_cols = lay.cols if param_grads else 0
     blocks = backward_blocks(lay.rows)
-    dw_part = cuda.to_device(np.zeros((blocks, part_cols)))
-    db_part = cuda.to_device(np.zeros((blocks, part_cols)))
-    dw = cuda.device_array(part_cols, dtype)
-    db = cuda.device_array(part_cols, dtype)
+    dw_part = cuda.to_device(np.zeros((blocks, lay.cols)))
+    db_part = cuda.to_device(np.zeros((blocks, lay.cols)))
+    dw = cuda.device_array(lay.cols, dtype)
+    db = cuda.device_array(lay.cols, dtype)
     gx = cuda.device_array((lay.rows, lay.cols), dtype)
     launch_backward(
         grad_y.reshape(lay.rows, lay.cols), x.reshape(lay.rows, lay.cols), stats[0], stats[1],
-        w, gx, dw_part, db_part, dw, db,
+        w, centered, empty((0, 0), dtype), gx, dw_part, db_part, dw, db,
     )
-    gx = gx.reshape(tuple(x.shape))
-    if not param_grads:
-        return gx, None, None
-    return gx, dw.reshape(lay.norm_shape), db.reshape(lay.norm_shape)
+    gw = dw.reshape(lay.norm_shape) if weight is not None else None
+    return gx.reshape(tuple(x.shape)), gw, db.reshape(lay.norm_shape)
 
 
-# ---------------------------------------------------------------------------------------
-# The torch bridge's CUDA path: outputs from torch's allocator, torch's current stream
-# ---------------------------------------------------------------------------------------
-def _torch_stream():
-    import torch
-
-    return cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
+    """:func:`fastln.layer_norm_forward` on device arrays; returns device arrays."""
+    y, _, mean, rstd = _forward(True, x, None, normalized_shape, weight, bias, eps)
+    return y, mean, rstd
 
 
-def torch_forward(x, norm, rows, cols, weight, bias, eps):
-    import torch
-
-    half = x.dtype in (torch.float16, torch.bfloat16)
-    cdt = torch.float32 if half else x.dtype
-    xc = x.detach().contiguous().to(cdt)
-    y = torch.empty_like(xc)
-    sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    lead = tuple(x.shape[: x.dim() - len(norm)])
-    mean = torch.empty(lead, dtype=sdt, device=x.device)
-    rstd = torch.empty(lead, dtype=sdt, device=x.device)
-    w = (torch.ones(cols, dtype=cdt, device=x.device) if weight is None else weight.detach().to(cdt).reshape(cols).contiguous())
-    b = (torch.zeros(cols, dtype=cdt, device=x.device) if bias is None else bias.detach().to(cdt).reshape(cols).contiguous())
-    if rows:
-        launch_forward(
-            cuda.as_cuda_array(xc.view(rows, cols)), cuda.as_cuda_array(w), cuda.as_cuda_array(b), eps,
-            cuda.as_cuda_array(y.view(rows, cols)), cuda.as_cuda_array(mean.view(rows)),
-            cuda.as_cuda_array(rstd.view(rows)), stream=_torch_stream(),
-        )
-    return y.to(x.dtype), mean, rstd
+def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
+    """:func:`fastln.layer_norm` on device arrays."""
+    return _forward(True, x, None, normalized_shape, weight, bias, eps)[0]
 
 
-def torch_backward(grad_y, x, mean, rstd, weight, norm, rows, cols, output_mask):
-    import torch
+def layer_norm_backward(grad_y, x, mean, rstd, weight=None, normalized_shape=None):
+    """:func:`fastln.layer_norm_backward` on device arrays; returns device arrays."""
+    return _backward(True, grad_y, x, mean, rstd, weight, normalized_shape)
 
-    half = x.dtype in (torch.float16, torch.bfloat16)
-    cdt = torch.float32 if half else x.dtype
-    xc = x.detach().contiguous().to(cdt)
-    gyc = grad_y.detach().contiguous().to(cdt)
-    gx = torch.empty_like(xc)
-    param_grads = weight is not None and (output_mask[1] or output_mask[2])
-    part_cols = cols if param_grads else 0
-    blocks = backward_blocks(rows)
-    dw_part = torch.zeros((blocks, part_cols), dtype=torch.float64, device=x.device)
-    db_part = torch.zeros((blocks, part_cols), dtype=torch.float64, device=x.device)
-    dw = torch.zeros(part_cols, dtype=cdt, device=x.device)
-    db = torch.zeros(part_cols, dtype=cdt, device=x.device)
-    w = torch.ones(cols, dtype=cdt, device=x.device) if weight is None else weight.detach().to(cdt).reshape(cols).contiguous()
-    launch_backward(
-        cuda.as_cuda_array(gyc.view(rows, cols)), cuda.as_cuda_array(xc.view(rows, cols)),
-        cuda.as_cuda_array(mean.detach().contiguous().view(rows)),
-        cuda.as_cuda_array(rstd.detach().contiguous().view(rows)), cuda.as_cuda_array(w),
-        cuda.as_cuda_array(gx.view(rows, cols)), cuda.as_cuda_array(dw_part),
-        cuda.as_cuda_array(db_part), cuda.as_cuda_array(dw), cuda.as_cuda_array(db),
-        stream=_torch_stream(),
-    )
-    if not param_grads:
-        empty = x.new_empty((0,))
-        return gx.to(x.dtype), empty, empty.clone()
-    return gx.to(x.dtype), dw.to(weight.dtype).reshape(norm), db.to(weight.dtype).reshape(norm)
+
+def rms_norm_forward(x, normalized_shape=None, weight=None, eps=None):
+    """:func:`fastln.rms_norm_forward` on device arrays."""
+    y, _, _, rstd = _forward(False, x, None, normalized_shape, weight, None, eps)
+    return y, rstd
+
+
+def rms_norm(x, normalized_shape=None, weight=None, eps=None):
+    """:func:`fastln.rms_norm` on device arrays."""
+    return _forward(False, x, None, normalized_shape, weight, None, eps)[0]
+
+
+def rms_norm_backward(grad_y, x, rstd, weight=None, normalized_shape=None):
+    """:func:`fastln.rms_norm_backward` on device arrays."""
+    gx, gw, _ = _backward(False, grad_y, x, None, rstd, weight, normalized_shape)
+    return gx, gw
+
+
+def add_layer_norm(x, residual, normalized_shape=None, weight=None, bias=None, eps=1e-5):
+    """:func:`fastln.add_layer_norm` on device arrays."""
+    y, h, _, _ = _forward(True, x, _checks.required(residual, "residual"), normalized_shape, weight, bias, eps)
+    return y, h
+
+
+def add_rms_norm(x, residual, normalized_shape=None, weight=None, eps=None):
+    """:func:`fastln.add_rms_norm` on device arrays."""
+    y, h, _, _ = _forward(False, x, _checks.required(residual, "residual"), normalized_shape, weight, None, eps)
+    return y, h

@@ -52,3 +52,32 @@ def backward(grad_y, x, k=1, weight=None, eps=1e-5):
     shape = np.shape(x)[np.ndim(x) - k:]
     f64 = np.float64
     return gx.reshape(np.shape(x)).astype(f64), gw.reshape(shape).astype(f64), gb.reshape(shape).astype(f64)
+
+
+@np.errstate(invalid="ignore", divide="ignore", over="ignore")
+def rms_forward(x, k=1, weight=None, eps=1e-6):
+    """Naive RMSNorm: ``(y, rstd)`` in float64 from long-double arithmetic."""
+    x2, lead = _rows(x, k)
+    ms = (x2 * x2).mean(axis=1) if x2.shape[1] else np.full(x2.shape[0], np.nan, np.longdouble)
+    rstd = 1.0 / np.sqrt(ms + eps)
+    y = x2 * rstd[:, None]
+    if weight is not None:
+        y = y * np.asarray(weight, np.longdouble).reshape(-1)
+    return y.reshape(np.shape(x)).astype(np.float64), rstd.reshape(lead).astype(np.float64)
+
+
+@np.errstate(invalid="ignore", divide="ignore", over="ignore")
+def rms_backward(grad_y, x, k=1, weight=None, eps=1e-6):
+    """Naive RMSNorm backward: ``(grad_x, grad_weight)`` in float64, straight from
+    ``dx = rstd * (w*dy - x_hat * mean(w*dy*x_hat))``."""
+    x2, _ = _rows(x, k)
+    g2, _ = _rows(grad_y, k)
+    n = x2.shape[1]
+    rstd = 1.0 / np.sqrt((x2 * x2).mean(axis=1, keepdims=True) + eps)
+    x_hat = x2 * rstd
+    w = np.ones(n, np.longdouble) if weight is None else np.asarray(weight, np.longdouble).reshape(-1)
+    wdy = g2 * w
+    gx = rstd * (wdy - x_hat * (wdy * x_hat).mean(axis=1, keepdims=True))
+    gw = (g2 * x_hat).sum(axis=0)
+    shape = np.shape(x)[np.ndim(x) - k:]
+    return gx.reshape(np.shape(x)).astype(np.float64), gw.reshape(shape).astype(np.float64)

@@ -28,9 +28,10 @@ def test_backward_matches_reference(rng, shape, k, dtype, tol, affine):
     if affine:
         assert gw.shape == norm and gw.dtype == x.dtype
         np.testing.assert_allclose(gw, rgw, rtol=0, atol=tol * (np.abs(rgw).max(initial=0) + np.sqrt(x.size)))
-        np.testing.assert_allclose(gb, rgb, rtol=0, atol=tol * (np.abs(rgb).max(initial=0) + np.sqrt(x.size)))
     else:
-        assert gw is None and gb is None
+        assert gw is None  # no weight, no grad_weight; grad_bias never needs the weight
+    assert gb.shape == norm and gb.dtype == x.dtype
+    np.testing.assert_allclose(gb, rgb, rtol=0, atol=tol * (np.abs(rgb).max(initial=0) + np.sqrt(x.size)))
 
 
 def test_backward_large_offset_uses_refined_mean(rng):

@@ -1,0 +1,143 @@
+"""Row helpers shared by every norm: output sweep, backward sums and sweep, bf16 bits.
+
+A norm is its statistics (``layer_norm.py``, ``rms_norm.py``); everything here takes the
+statistics as numbers and is the same for all of them.  ``w``/``b``/``res`` of length 0
+mean "absent": no ones/zeros vectors are ever allocated for a missing parameter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastln.cpu import _jit
+
+
+@_jit.inline
+def forward_sweep(xr, yr, mean_t, resid_t, r_t, w, b):
+    """``yr = ((x - mean_t) - resid_t) * r_t * w + b``, in the data's dtype.
+
+    Centring on ``mean_t`` (the mean rounded to the data's dtype) keeps ``x - mean_t`` exact
+    by Sterbenz for values near the mean, and the small residual ``mean - mean_t`` is taken
+    away after: ``x - mean`` in one step would lose a large offset's low bits.  RMSNorm passes
+    zeros, which leaves ``x * r_t * w`` exactly.
+    """
+    cols = xr.shape[0]
+    if w.shape[0] != 0 and b.shape[0] != 0:
+        for j in range(cols):
+            yr[j] = (((xr[j] - mean_t) - resid_t) * r_t) * w[j] + b[j]
+    elif w.shape[0] != 0:
+        for j in range(cols):
+            yr[j] = (((xr[j] - mean_t) - resid_t) * r_t) * w[j]
+    elif b.shape[0] != 0:
+        for j in range(cols):
+            yr[j] = (((xr[j] - mean_t) - resid_t) * r_t) + b[j]
+    else:
+        for j in range(cols):
+            yr[j] = ((xr[j] - mean_t) - resid_t) * r_t
+
+
+@_jit.inline
+def add_rows(xr, rr, hr):
+    """``hr = xr + rr`` in the data's dtype (the pre-norm block's residual add)."""
+    for j in range(xr.shape[0]):
+        hr[j] = xr[j] + rr[j]
+
+
+@_jit.reduce
+def backward_row_sums(xr, gr, w, m):
+    """``(sum(d), sum(wdy), sum(wdy * d))`` in float64, with ``d = x - m``, ``wdy = w * dy``."""
+    s_d = 0.0
+    s_g = 0.0
+    s_gd = 0.0
+    if w.shape[0] != 0:
+        for j in range(xr.shape[0]):
+            d = np.float64(xr[j] - m)
+            wdy = np.float64(gr[j] * w[j])
+            s_d += d
+            s_g += wdy
+            s_gd += wdy * d
+    else:
+        for j in range(xr.shape[0]):
+            d = np.float64(xr[j] - m)
+            wdy = np.float64(gr[j])
+            s_d += d
+            s_g += wdy
+            s_gd += wdy * d
+    return s_d, s_g, s_gd
+
+
+@_jit.inline
+def backward_sweep(xr, gr, gxr, m, corr_t, r_t, c1_t, c2_t, w, acc_w, acc_b):
+    """``gx = (wdy - (x_hat * c1 + c2)) * rstd``; with ``acc_w`` of nonzero length also
+    ``acc_w += dy * x_hat`` and ``acc_b += dy`` (parameter gradients, in the data's dtype)."""
+    cols = xr.shape[0]
+    if acc_w.shape[0] != 0:
+        if w.shape[0] != 0:
+            for j in range(cols):
+                g = gr[j]
+                x_hat = ((xr[j] - m) - corr_t) * r_t
+                gxr[j] = (g * w[j] - (x_hat * c1_t + c2_t)) * r_t
+                acc_w[j] += g * x_hat
+                acc_b[j] += g
+        else:
+            for j in range(cols):
+                g = gr[j]
+                x_hat = ((xr[j] - m) - corr_t) * r_t
+                gxr[j] = (g - (x_hat * c1_t + c2_t)) * r_t
+                acc_w[j] += g * x_hat
+                acc_b[j] += g
+    elif w.shape[0] != 0:
+        for j in range(cols):
+            x_hat = ((xr[j] - m) - corr_t) * r_t
+            gxr[j] = (gr[j] * w[j] - (x_hat * c1_t + c2_t)) * r_t
+    else:
+        for j in range(cols):
+            x_hat = ((xr[j] - m) - corr_t) * r_t
+            gxr[j] = (gr[j] - (x_hat * c1_t + c2_t)) * r_t
+
+
+@_jit.inline
+def add_into(gxr, gres_r):
+    """``gx += grad_residual_out``: the residual's gradient joins the norm's."""
+    for j in range(gxr.shape[0]):
+        gxr[j] += gres_r[j]
+
+
+@_jit.inline
+def flush(acc, part):
+    """``part += acc`` (float64 partials), then ``acc = 0``."""
+    for j in range(acc.shape[0]):
+        part[j] += acc[j]
+        acc[j] = 0
+
+
+@_jit.sweep
+def reduce_partials(dw_part, db_part, dw, db):
+    """dw/db = sum of the chunk partials, in chunk order (the same for any thread count)."""
+    for j in range(dw.shape[0]):
+        sw = 0.0
+        sb = 0.0
+        for c in range(dw_part.shape[0]):
+            sw += dw_part[c, j]
+            sb += db_part[c, j]
+        dw[j] = sw
+        db[j] = sb
+
+
+# bfloat16 is the top half of a float32: widen by a shift, narrow with round-to-nearest-even.
+@_jit.sweep
+def bf16_to_f32(u16, out):
+    bits = out.view(np.uint32)
+    for j in range(u16.shape[0]):
+        bits[j] = np.uint32(u16[j]) << np.uint32(16)
+
+
+@_jit.sweep
+def f32_to_bf16(f32, out):
+    bits = f32.view(np.uint32)
+    for j in range(f32.shape[0]):
+        b = bits[j]
+        if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep sign, stay quiet
+            out[j] = np.uint16((b >> np.uint32(16)) | np.uint32(0x40))
+        else:
+            out[j] = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))

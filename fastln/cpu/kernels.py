@@ -1,0 +1,287 @@
+"""The CPU kernels every norm runs: forward (optionally with the residual add) and backward.
+
+``centered`` picks the norm's statistics (LayerNorm's moments or RMSNorm's mean square,
+from :mod:`.layer_norm` and :mod:`.rms_norm`); everything else is shared.  Each kernel
+comes as a ``(parallel, serial)`` pair compiled from one body (see :func:`._jit.twins`).
+
+Arguments (all C-contiguous; a length-0 first dimension means "absent")::
+
+    x, y, gy, gx   (rows, cols)  float32 or float64
+    res, h, gres   (rows, cols) or (0, cols): residual in, residual_out (x + res), and the
+                   gradient of residual_out, added into gx
+    w, b           (cols,) or (0,): weight, bias, in the data's dtype
+    mean           (rows,) or (0,) (RMSNorm keeps none); float32 for float32 data
+    rstd           (rows,)
+    dw_part, db_part  (n_chunks, cols) float64 zeroed, or (n_chunks, 0) for no parameter grads
+    dw, db         (cols,) or (0,): parameter gradients, in the data's dtype
+
+Row kernels give each row (forward) or fixed chunk of rows (backward) to one task.  Column
+kernels (``*_cols``) split few very wide rows into ``COL_BLOCK`` pieces so every thread
+works and backward needs no per-chunk partials: each task owns its columns of dw/db.
+Chunks and blocks depend on the shape only, so results are bitwise identical for any
+thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from fastln._config import COL_BLOCK, FLUSH_ROWS
+from fastln.cpu import _jit
+from fastln.cpu import layer_norm as ln
+from fastln.cpu import rms_norm as rms
+from fastln.cpu._rows import (
+    add_into,
+    add_rows,
+    backward_row_sums,
+    backward_sweep,
+    bf16_to_f32,
+    f32_to_bf16,
+    flush,
+    forward_sweep,
+    reduce_partials,
+)
+
+#: bfloat16 rows per task (each task widens its rows into a float32 buffer).
+BF16_CHUNK_ROWS = 64
+
+
+# ---------------------------------------------------------------------------------------
+# Per-row pieces
+# ---------------------------------------------------------------------------------------
+@_jit.inline
+def _forward_row(xr, w, b, eps, centered, yr):
+    """Normalise one row into ``yr``; returns its ``(mean, rstd)`` in float64."""
+    cols = xr.shape[0]
+    if centered:
+        pivot, mean_d, m2 = ln.row_moments(xr)
+        var = m2 / cols
+    else:
+        pivot = 0.0
+        mean_d = 0.0
+        var = rms.sum_squares(xr) / cols
+    r = 1.0 / np.sqrt(var + eps)
+    cast = xr.dtype.type
+    mean_t = cast(pivot + mean_d)
+    resid_t = cast((pivot - np.float64(mean_t)) + mean_d)
+    forward_sweep(xr, yr, mean_t, resid_t, cast(r), w, b)
+    return pivot + mean_d, r
+
+
+@_jit.inline
+def _forward_at(x, res, w, b, eps, centered, y, h, mean, rstd, i):
+    if h.shape[0] != 0:  # pre-norm block: h = x + res, then normalise h (read from cache)
+        add_rows(x[i], res[i], h[i])
+        xr = h[i]
+    else:
+        xr = x[i]
+    m, r = _forward_row(xr, w, b, eps, centered, y[i])
+    if mean.shape[0] != 0:
+        mean[i] = m
+    rstd[i] = r
+
+
+@_jit.inline
+def _coefficients(s_d, s_g, s_gd, r, inv_c, centered):
+    """``(corr, c1, c2)`` of the backward sweep for the chosen norm."""
+    if centered:
+        return ln.backward_coefficients(s_d, s_g, s_gd, r, inv_c)
+    return 0.0, rms.backward_coefficients(s_gd, r, inv_c), 0.0
+
+
+@_jit.inline
+def _backward_chunk(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, chunk, rows_per_chunk):
+    """Rows ``[chunk * rows_per_chunk, ...)``: writes gx, accumulates dw/db partials.
+
+    Row sums are float64; the sweep runs in the data's dtype.  dw/db gather ``FLUSH_ROWS``
+    rows in the data's dtype (full SIMD width) before being added into the float64
+    partials, so rounding grows with 16 rows, not with the chunk.
+    """
+    rows, cols = x.shape
+    start = chunk * rows_per_chunk
+    stop = min(start + rows_per_chunk, rows)
+    inv_c = 1.0 / cols
+    cast = x.dtype.type
+    n = dw_part.shape[1]
+    acc_w = np.zeros(n, x.dtype)
+    acc_b = np.zeros(n, x.dtype)
+    for i in range(start, stop):
+        m = cast(mean[i]) if centered else cast(0.0)
+        r = np.float64(rstd[i])
+        s_d, s_g, s_gd = backward_row_sums(x[i], gy[i], w, m)
+        corr, c1, c2 = _coefficients(s_d, s_g, s_gd, r, inv_c, centered)
+        backward_sweep(x[i], gy[i], gx[i], m, cast(corr), cast(r), cast(c1), cast(c2), w, acc_w, acc_b)
+        if gres.shape[0] != 0:
+            add_into(gx[i], gres[i])
+        if n != 0 and ((i - start + 1) % FLUSH_ROWS == 0 or i == stop - 1):
+            flush(acc_w, dw_part[chunk])
+            flush(acc_b, db_part[chunk])
+
+
+# ---------------------------------------------------------------------------------------
+# Row kernels
+# ---------------------------------------------------------------------------------------
+def _forward_rows(x, res, w, b, eps, centered, y, h, mean, rstd):
+    """Fused forward, one task per row."""
+    for i in prange(x.shape[0]):
+        _forward_at(x, res, w, b, eps, centered, y, h, mean, rstd, i)
+
+
+def _backward_rows(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, rows_per_chunk):
+    """Fused backward, one task per fixed chunk of rows, then dw/db reduced in chunk order."""
+    for c in prange(dw_part.shape[0]):
+        _backward_chunk(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, c, rows_per_chunk)
+    if dw.shape[0] != 0:
+        reduce_partials(dw_part, db_part, dw, db)
+
+
+def _forward_bf16(xu, ru, w, b, eps, centered, yu, hu, mean, rstd):
+    """bfloat16 forward (uint16 bits), rows widened into float32 buffers in cache.
+
+    ``w``/``b`` are float32.  With a residual, ``h = x + res`` is rounded to bfloat16 (what
+    torch's add gives) and normalised from that rounded value.
+    """
+    rows, cols = xu.shape
+    has_res = hu.shape[0] != 0
+    for c in prange((rows + BF16_CHUNK_ROWS - 1) // BF16_CHUNK_ROWS):
+        xf = np.empty(cols, np.float32)
+        yf = np.empty(cols, np.float32)
+        rf = np.empty(cols if has_res else 0, np.float32)
+        for i in range(c * BF16_CHUNK_ROWS, min(rows, (c + 1) * BF16_CHUNK_ROWS)):
+            bf16_to_f32(xu[i], xf)
+            if has_res:
+                bf16_to_f32(ru[i], rf)
+                add_rows(xf, rf, xf)
+                f32_to_bf16(xf, hu[i])
+                bf16_to_f32(hu[i], xf)
+            m, r = _forward_row(xf, w, b, eps, centered, yf)
+            f32_to_bf16(yf, yu[i])
+            if mean.shape[0] != 0:
+                mean[i] = m
+            rstd[i] = r
+
+
+# ---------------------------------------------------------------------------------------
+# Column kernels: few, very wide rows
+# ---------------------------------------------------------------------------------------
+def _forward_cols(x, res, w, b, eps, centered, y, h, mean, rstd):
+    """Forward with rows cut into ``COL_BLOCK`` pieces: block statistics in parallel,
+    merged per row in block order (Chan), then the sweep in parallel."""
+    rows, cols = x.shape
+    nb = (cols + COL_BLOCK - 1) // COL_BLOCK
+    has_res = h.shape[0] != 0
+    part = np.zeros((rows * nb, 3))
+    for t in prange(rows * nb):
+        i = t // nb
+        lo = (t - i * nb) * COL_BLOCK
+        hi = min(lo + COL_BLOCK, cols)
+        if has_res:
+            add_rows(x[i, lo:hi], res[i, lo:hi], h[i, lo:hi])
+            seg = h[i, lo:hi]
+        else:
+            seg = x[i, lo:hi]
+        if centered:
+            p, md, m2 = ln.row_moments(seg)
+            part[t, 0] = p
+            part[t, 1] = md
+            part[t, 2] = m2
+        else:
+            part[t, 2] = rms.sum_squares(seg)
+    stats = np.empty((rows, 3))  # pivot, mean - pivot, rstd
+    for i in range(rows):
+        pivot = 0.0
+        mean_d = 0.0
+        m2 = 0.0
+        if centered:
+            pivot = part[i * nb, 0]  # the row's first element
+            count = 0.0
+            for k in range(nb):
+                t = i * nb + k
+                n_k = min(COL_BLOCK, cols - k * COL_BLOCK)
+                count, mean_d, m2 = ln.chan_merge(count, mean_d, m2, n_k, (part[t, 0] - pivot) + part[t, 1], part[t, 2])
+        else:
+            for k in range(nb):
+                m2 += part[i * nb + k, 2]
+        r = 1.0 / np.sqrt(max(m2, 0.0) / cols + eps)
+        stats[i, 0] = pivot
+        stats[i, 1] = mean_d
+        stats[i, 2] = r
+        if mean.shape[0] != 0:
+            mean[i] = pivot + mean_d
+        rstd[i] = r
+    cast = x.dtype.type
+    for t in prange(rows * nb):
+        i = t // nb
+        lo = (t - i * nb) * COL_BLOCK
+        hi = min(lo + COL_BLOCK, cols)
+        pivot = stats[i, 0]
+        mean_d = stats[i, 1]
+        mean_t = cast(pivot + mean_d)
+        resid_t = cast((pivot - np.float64(mean_t)) + mean_d)
+        seg = h[i, lo:hi] if has_res else x[i, lo:hi]
+        forward_sweep(seg, y[i, lo:hi], mean_t, resid_t, cast(stats[i, 2]), w[lo:hi], b[lo:hi])
+
+
+def _backward_cols(gy, x, mean, rstd, w, centered, gres, gx, dw, db):
+    """Backward with rows cut into ``COL_BLOCK`` pieces: block row sums in parallel, summed
+    per row in block order; then one task per column block sweeps every row, owning its
+    columns of dw/db outright (float64 sums, flushed every ``FLUSH_ROWS`` rows)."""
+    rows, cols = x.shape
+    nb = (cols + COL_BLOCK - 1) // COL_BLOCK
+    cast = x.dtype.type
+    part = np.empty((rows * nb, 3))
+    for t in prange(rows * nb):
+        i = t // nb
+        lo = (t - i * nb) * COL_BLOCK
+        hi = min(lo + COL_BLOCK, cols)
+        m = cast(mean[i]) if centered else cast(0.0)
+        s_d, s_g, s_gd = backward_row_sums(x[i, lo:hi], gy[i, lo:hi], w[lo:hi], m)
+        part[t, 0] = s_d
+        part[t, 1] = s_g
+        part[t, 2] = s_gd
+    coef = np.empty((rows, 3))
+    inv_c = 1.0 / cols
+    for i in range(rows):
+        s_d = 0.0
+        s_g = 0.0
+        s_gd = 0.0
+        for k in range(nb):
+            s_d += part[i * nb + k, 0]
+            s_g += part[i * nb + k, 1]
+            s_gd += part[i * nb + k, 2]
+        corr, c1, c2 = _coefficients(s_d, s_g, s_gd, np.float64(rstd[i]), inv_c, centered)
+        coef[i, 0] = corr
+        coef[i, 1] = c1
+        coef[i, 2] = c2
+    params = dw.shape[0] != 0
+    has_gres = gres.shape[0] != 0
+    for k in prange(nb):
+        lo = k * COL_BLOCK
+        hi = min(lo + COL_BLOCK, cols)
+        n = hi - lo if params else 0
+        acc_w = np.zeros(n, x.dtype)
+        acc_b = np.zeros(n, x.dtype)
+        sum_w = np.zeros(n)
+        sum_b = np.zeros(n)
+        for i in range(rows):
+            m = cast(mean[i]) if centered else cast(0.0)
+            backward_sweep(
+                x[i, lo:hi], gy[i, lo:hi], gx[i, lo:hi], m, cast(coef[i, 0]), cast(rstd[i]),
+                cast(coef[i, 1]), cast(coef[i, 2]), w[lo:hi], acc_w, acc_b,
+            )
+            if has_gres:
+                add_into(gx[i, lo:hi], gres[i, lo:hi])
+            if params and ((i + 1) % FLUSH_ROWS == 0 or i == rows - 1):
+                flush(acc_w, sum_w)
+                flush(acc_b, sum_b)
+        for j in range(n):
+            dw[lo + j] = sum_w[j]
+            db[lo + j] = sum_b[j]
+
+
+forward_parallel, forward_serial = _jit.twins(_forward_rows)
+backward_parallel, backward_serial = _jit.twins(_backward_rows)
+forward_bf16_parallel, forward_bf16_serial = _jit.twins(_forward_bf16)
+forward_cols_parallel, forward_cols_serial = _jit.twins(_forward_cols)
+backward_cols_parallel, backward_cols_serial = _jit.twins(_backward_cols)

@@ -1,0 +1,76 @@
+"""The bridge's CUDA path: outputs from torch's caching allocator, kernels launched on
+torch's current stream, tensors handed to Numba through the CUDA Array Interface (zero
+copy).  float16/bfloat16 are computed through float32 copies on the GPU."""
+
+from __future__ import annotations
+
+import torch
+from numba import cuda
+
+from fastln import cuda as fcuda
+from fastln.torch import _glue
+
+
+def _stream():
+    return cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+
+
+def _arr(t):
+    return cuda.as_cuda_array(t.detach())
+
+
+def _vec(p, cols, cdt, device):
+    if p is None:
+        return torch.empty(0, dtype=cdt, device=device)
+    return p.detach().to(cdt).reshape(cols).contiguous()
+
+
+def forward(x, residual, norm, rows, cols, weight, bias, eps, centered):
+    cdt = _glue.compute_dtype(x.dtype)
+    dev = x.device
+    xc = x.detach().to(cdt).contiguous()
+    y = torch.empty_like(xc, memory_format=torch.contiguous_format)
+    stat = _glue.stats_dtype(x.dtype)
+    lead = tuple(x.shape[: x.dim() - len(norm)])
+    mean = torch.empty(lead if centered else (0,), dtype=stat, device=dev)
+    rstd = torch.empty(lead, dtype=stat, device=dev)
+    if residual is not None:
+        rc = residual.detach().to(cdt).contiguous()
+        h = torch.empty_like(xc, memory_format=torch.contiguous_format)
+        res2, h2 = rc.view(rows, cols), h.view(rows, cols)
+    else:
+        h = torch.empty(0, dtype=x.dtype, device=dev)
+        res2 = h2 = torch.empty((0, 0), dtype=cdt, device=dev)
+    if rows:
+        fcuda.launch_forward(
+            _arr(xc.view(rows, cols)), _arr(res2), _arr(_vec(weight, cols, cdt, dev)),
+            _arr(_vec(bias, cols, cdt, dev)), eps, centered, _arr(y.view(rows, cols)), _arr(h2),
+            _arr(mean.view(-1)), _arr(rstd.view(rows)), stream=_stream(),
+        )
+    if residual is not None:
+        h = h.to(x.dtype)
+    return y.to(x.dtype), h, mean, rstd
+
+
+def backward(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params):
+    cdt = _glue.compute_dtype(h.dtype)
+    dev = h.device
+    hc = h.detach().to(cdt).contiguous()
+    gyc = grad_y.detach().to(cdt).contiguous()
+    gx = torch.empty_like(hc, memory_format=torch.contiguous_format)
+    part_cols = cols if need_params else 0
+    blocks = fcuda.backward_blocks(rows)
+    parts = torch.zeros((2, blocks, part_cols), dtype=torch.float64, device=dev)
+    dw = torch.zeros(part_cols, dtype=cdt, device=dev)
+    db = torch.zeros(part_cols, dtype=cdt, device=dev)
+    gres = (grad_res.detach().to(cdt).contiguous().view(rows, cols) if grad_res is not None
+            else torch.empty((0, 0), dtype=cdt, device=dev))
+    fcuda.launch_backward(
+        _arr(gyc.view(rows, cols)), _arr(hc.view(rows, cols)), _arr(mean.detach().contiguous().view(-1)),
+        _arr(rstd.detach().contiguous().view(rows)), _arr(_vec(weight, cols, cdt, dev)), centered,
+        _arr(gres), _arr(gx.view(rows, cols)), _arr(parts[0]), _arr(parts[1]), _arr(dw), _arr(db),
+        stream=_stream(),
+    )
+    if need_params:
+        return gx, dw.reshape(norm), db.reshape(norm)
+    return gx, dw, db

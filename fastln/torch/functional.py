@@ -1,0 +1,294 @@
+"""The functional API (``F.layer_norm``'s and ``F.rms_norm``'s signatures) and its autograd.
+
+Three paths, one implementation (``_glue``):
+
+* eager, nothing needs a gradient: the kernels directly (no autograd node at all);
+* eager with autograd, and torch.func: :class:`_NormFunction`, an ``autograd.Function``
+  with ``setup_context``, a ``vmap`` rule (a batch dimension outside the normalised dims is
+  just more rows) and a ``jvp`` for forward-mode AD;
+* torch.compile, torch.export and ``torch.jit.trace``: the ``fastln::forward`` custom op,
+  which those systems record and compile (TorchScript modules call it too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from fastln.torch import _glue, _ops
+
+__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "LayerNormFunction"]
+
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def _traced() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _needs_grad(*tensors) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and getattr(t, "requires_grad", False) for t in tensors)
+
+
+def _composite_grads(gy, gres, h, eps, weight, norm, centered, need_params):
+    """The backward in differentiable torch ops, statistics recomputed from ``h``: what runs
+    under functorch transforms (``jacrev`` vmaps the backward over wrapped tensors the
+    kernels cannot read) and when a graph of the gradient is asked for (double backward)."""
+    cdt = _glue.compute_dtype(h.dtype)
+    dims = tuple(range(-len(norm), 0))
+    hc, gyc = h.to(cdt), gy.to(cdt)
+    if centered:
+        centred = hc - hc.mean(dims, keepdim=True)
+        r = torch.rsqrt(centred.square().mean(dims, keepdim=True) + eps)
+        x_hat = centred * r
+    else:
+        r = torch.rsqrt(hc.square().mean(dims, keepdim=True) + eps)
+        x_hat = hc * r
+    wdy = gyc * weight.to(cdt) if weight is not None else gyc
+    gx = wdy - x_hat * (wdy * x_hat).mean(dims, keepdim=True)
+    if centered:
+        gx = gx - wdy.mean(dims, keepdim=True)
+    gx = gx * r
+    if gres is not None:
+        gx = gx + gres.to(cdt)
+    if not need_params:
+        return gx, None, None, x_hat
+    lead = tuple(range(gyc.dim() - len(norm)))
+    return gx, (gyc * x_hat).sum(lead), gyc.sum(lead), x_hat
+
+
+class _NormFunction(torch.autograd.Function):
+    """Any norm, any residual: ``apply(x, residual, norm, weight, bias, eps, centered)``
+    -> ``(y, residual_out, mean, rstd)`` (residual_out/mean empty when absent)."""
+
+    @staticmethod
+    def forward(x, residual, norm, weight, bias, eps, centered):
+        rows_cols = _glue.check(x, norm, weight, bias, residual, centered, "fastln")
+        return _glue.forward_impl(x, residual, norm, rows_cols[1], rows_cols[2], weight, bias, eps, centered)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, residual, norm, weight, bias, _eps, centered = inputs
+        _, h, mean, rstd = output
+        saved = (h if residual is not None else x, mean, rstd, weight)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+        ctx.norm = norm
+        ctx.eps = _eps
+        ctx.centered = centered
+        ctx.has_residual = residual is not None
+        ctx.dtypes = (x.dtype, None if residual is None else residual.dtype,
+                      None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(mean, rstd)
+        if residual is None:
+            ctx.mark_non_differentiable(h)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h, _grad_mean, _grad_rstd):
+        h, mean, rstd, weight = ctx.saved_tensors
+        need_x, need_r, _, need_w, need_b, _, _ = ctx.needs_input_grad
+        norm = ctx.norm
+        gres = grad_h if ctx.has_residual else None
+        need_params = bool(need_w or need_b)
+        if torch.is_grad_enabled() or any(t is not None and _is_wrapped(t) for t in (grad_y, gres, h, weight)):
+            gx, gw, gb, _ = _composite_grads(grad_y, gres, h, ctx.eps, weight, norm, ctx.centered, need_params)
+        else:
+            cols = 1
+            for d in norm:
+                cols *= d
+            rows = h.numel() // cols if cols else rstd.numel()
+            gx, gw, gb = _glue.backward_impl(grad_y, gres, h, mean, rstd, weight, norm, rows, cols, ctx.centered, need_params)
+        gx, gr, gw, gb = _ops.cast_grads((need_x, need_r, need_w, need_b), ctx.dtypes, gx, gw, gb)
+        return gx, gr, None, gw, gb, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dres, _dnorm, dw, db, _deps, _dcentered):
+        """Forward-mode AD: ``d(x_hat)`` is the backward of the unscaled norm applied to the
+        tangent (the Jacobian of ``x_hat`` is symmetric), then ``dy = d(x_hat)*w + x_hat*dw + db``."""
+        h, _mean, _rstd, weight = ctx.saved_tensors
+        norm = ctx.norm
+        cdt = _glue.compute_dtype(h.dtype)
+        dh = dx if dx is not None else torch.zeros_like(h)
+        if ctx.has_residual and dres is not None:
+            dh = dh + dres
+        d_xhat, _, _, x_hat = _composite_grads(dh, None, h, ctx.eps, None, norm, ctx.centered, False)
+        dy = d_xhat * weight.to(cdt) if weight is not None else d_xhat
+        if dw is not None:
+            dy = dy + x_hat * dw.to(cdt)
+        if db is not None:
+            dy = dy + db.to(cdt)
+        dh_out = dh.to(h.dtype) if ctx.has_residual else torch.zeros((0,), dtype=h.dtype, device=h.device)
+        return dy.to(ctx.dtypes[0]), dh_out, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, residual, norm, weight, bias, eps, centered):
+        """A batch dimension outside the normalised dims is more rows; batched weight or
+        bias are applied after an unscaled norm with broadcasting torch ops."""
+        x_d, r_d, _, w_d, b_d, _, _ = in_dims
+        size = info.batch_size
+
+        def front(t, d):
+            return t.movedim(d, 0) if d is not None else t.expand(size, *t.shape)
+
+        xb = front(x, x_d)
+        rb = front(residual, r_d) if residual is not None else None
+        if w_d is None and b_d is None:
+            y, h, mean, rstd = _NormFunction.apply(xb, rb, norm, weight, bias, eps, centered)
+        else:
+            y, h, mean, rstd = _NormFunction.apply(xb, rb, norm, None, None, eps, centered)
+            pshape = (size,) + (1,) * (xb.dim() - 1 - len(norm)) + tuple(norm)
+            if weight is not None:
+                y = y * (front(weight, w_d).reshape(pshape))
+            if bias is not None:
+                y = y + (front(bias, b_d).reshape(pshape))
+            y = y.to(x.dtype)
+        return (y, h, mean, rstd), (0, 0 if residual is not None else None, 0 if centered else None, 0)
+
+
+def _run(x, residual, normalized_shape, weight, bias, eps, centered, fn):
+    """One call of any norm: ``(y, residual_out)``."""
+    if _traced():
+        y, h, _, _ = _ops.forward_op(x, residual, list(normalized_shape), weight, bias, eps, centered)
+        return y, h
+    norm, rows, cols = _glue.check(x, normalized_shape, weight, bias, residual, centered, fn)
+    if not _needs_grad(x, residual, weight, bias) and not _transforms_active():
+        y, h, _, _ = _glue.forward_impl(x, residual, norm, rows, cols, weight, bias, eps, centered)
+        return y, h
+    y, h, _, _ = _NormFunction.apply(x, residual, normalized_shape, weight, bias, eps, centered)
+    return y, h
+
+
+def _input_dtype(x):
+    return x.dtype if isinstance(x, Tensor) else None
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``torch.nn.functional.layer_norm`` computed by fastln's kernels.
+
+    Parameters
+    ----------
+    input : Tensor
+        ``(*, *normalized_shape)``; float16, bfloat16, float32 or float64; CPU, CUDA or meta.
+    normalized_shape : int or sequence of int
+        Trailing dimensions to normalise over.
+    weight, bias : Tensor or None
+        Affine parameters of shape ``normalized_shape``; the input's dtype, or float32 for
+        float16/bfloat16 input (torch's mixed-precision rule).
+    eps : float
+        Added to the variance inside the square root.
+
+    Returns
+    -------
+    Tensor
+        Same shape and dtype as ``input``, contiguous; differentiable in input, weight and
+        bias (double backward runs in torch ops), and usable under torch.compile, torch.export,
+        torch.jit.trace and torch.func (vmap, grad, jacrev, jacfwd, jvp).
+    """
+    norm = _glue.shape_tuple(normalized_shape, "layer_norm")
+    return _run(input, None, norm, weight, bias, _glue.eps_value(eps, "layer_norm"), True, "layer_norm")[0]
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    """``torch.nn.functional.rms_norm`` computed by fastln's kernels.
+
+    ``y = x / sqrt(mean(x**2) + eps) * weight``, computed in float32 for half types and
+    rounded once.  ``eps=None`` is torch's default, ``torch.finfo`` of the computation
+    dtype (float32's for half types).  See :func:`layer_norm` for the rest.
+    """
+    norm = _glue.shape_tuple(normalized_shape, "rms_norm")
+    eps = _glue.eps_value(eps, "rms_norm", _input_dtype(input) or torch.float32)
+    return _run(input, None, norm, weight, None, eps, False, "rms_norm")[0]
+
+
+def add_layer_norm(
+    x: Tensor,
+    residual: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> tuple[Tensor, Tensor]:
+    """The pre-norm block ``h = x + residual; y = layer_norm(h)`` reading both once.
+
+    Returns
+    -------
+    y, residual_out : Tensor
+        LayerNorm of ``h``, and ``h`` itself in ``x``'s dtype; both differentiable
+        (``x`` and ``residual`` each receive ``grad_residual_out + d(norm)/dh``).
+    """
+    if residual is None:
+        raise TypeError("add_layer_norm(): argument 'residual' must be Tensor, not NoneType")
+    norm = _glue.shape_tuple(normalized_shape, "add_layer_norm")
+    return _run(x, residual, norm, weight, bias, _glue.eps_value(eps, "add_layer_norm"), True, "add_layer_norm")
+
+
+def add_rms_norm(
+    x: Tensor,
+    residual: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The pre-norm block ``h = x + residual; y = rms_norm(h)`` reading both once.
+
+    Returns
+    -------
+    y, residual_out : Tensor
+        RMSNorm of ``h``, and ``h`` in ``x``'s dtype.
+    """
+    if residual is None:
+        raise TypeError("add_rms_norm(): argument 'residual' must be Tensor, not NoneType")
+    norm = _glue.shape_tuple(normalized_shape, "add_rms_norm")
+    eps = _glue.eps_value(eps, "add_rms_norm", _input_dtype(x) or torch.float32)
+    return _run(x, residual, norm, weight, None, eps, False, "add_rms_norm")
+
+
+class LayerNormFunction(torch.autograd.Function):
+    """LayerNorm as a ``torch.autograd.Function``: ``LayerNormFunction.apply(x, shape, w, b, eps)``.
+
+    Forward saves ``x``, ``mean``, ``rstd`` and ``weight``; backward runs fastln's fused
+    backward and returns gradients only for the inputs that need them.  For torch.func
+    transforms, use :func:`layer_norm` (its Function has vmap and jvp rules).
+    """
+
+    @staticmethod
+    def forward(ctx, input, normalized_shape, weight=None, bias=None, eps=1e-5):
+        norm = _glue.shape_tuple(normalized_shape, "LayerNormFunction")
+        _, rows, cols = _glue.check(input, norm, weight, bias, None, True, "LayerNormFunction")
+        ctx.eps = _glue.eps_value(eps, "LayerNormFunction")
+        y, _, mean, rstd = _glue.forward_impl(input, None, norm, rows, cols, weight, bias, ctx.eps, True)
+        ctx.save_for_backward(input, mean, rstd, weight)
+        ctx.norm = norm
+        ctx.rows_cols = (rows, cols)
+        ctx.dtypes = (input.dtype, None, None if weight is None else weight.dtype,
+                      None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, mean, rstd, weight = ctx.saved_tensors
+        need_x, _, need_w, need_b, _ = ctx.needs_input_grad
+        rows, cols = ctx.rows_cols
+        need_params = bool(need_w or need_b)
+        if torch.is_grad_enabled():  # create_graph=True: differentiable torch ops
+            gx, gw, gb, _ = _composite_grads(grad_y, None, x, ctx.eps, weight, ctx.norm, True, need_params)
+        else:
+            gx, gw, gb = _glue.backward_impl(grad_y, None, x, mean, rstd, weight, ctx.norm, rows, cols, True, need_params)
+        gx, _, gw, gb = _ops.cast_grads((need_x, False, need_w, need_b), ctx.dtypes, gx, gw, gb)
+        return gx, None, gw, gb, None
