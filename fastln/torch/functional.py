@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
 from fastln.torch import _glue, _ops
@@ -30,6 +31,8 @@ def _traced() -> bool:
 
 
 def _needs_grad(*tensors) -> bool:
+    if _fwad._current_level >= 0:  # inside forward-mode AD: the Function carries the jvp
+        return True
     if not torch.is_grad_enabled():
         return False
     return any(t is not None and getattr(t, "requires_grad", False) for t in tensors)
@@ -77,16 +80,17 @@ class _NormFunction(torch.autograd.Function):
         _, h, mean, rstd = output
         saved = (h if residual is not None else x, mean, rstd, weight)
         ctx.save_for_backward(*saved)
-        ctx.save_for_forward(*saved)
+        # jvp needs only h and the weight (it recomputes the statistics in torch ops); the
+        # non-differentiable mean/rstd must not be saved for forward-mode AD.
+        ctx.jvp_h_weight = (saved[0], weight)
         ctx.norm = norm
         ctx.eps = _eps
         ctx.centered = centered
         ctx.has_residual = residual is not None
         ctx.dtypes = (x.dtype, None if residual is None else residual.dtype,
                       None if weight is None else weight.dtype, None if bias is None else bias.dtype)
-        ctx.mark_non_differentiable(mean, rstd)
-        if residual is None:
-            ctx.mark_non_differentiable(h)
+        # One call: each call to mark_non_differentiable replaces the previous set.
+        ctx.mark_non_differentiable(*((mean, rstd) if residual is not None else (h, mean, rstd)))
 
     @staticmethod
     def backward(ctx, grad_y, grad_h, _grad_mean, _grad_rstd):
@@ -110,7 +114,7 @@ class _NormFunction(torch.autograd.Function):
     def jvp(ctx, dx, dres, _dnorm, dw, db, _deps, _dcentered):
         """Forward-mode AD: ``d(x_hat)`` is the backward of the unscaled norm applied to the
         tangent (the Jacobian of ``x_hat`` is symmetric), then ``dy = d(x_hat)*w + x_hat*dw + db``."""
-        h, _mean, _rstd, weight = ctx.saved_tensors
+        h, weight = ctx.jvp_h_weight
         norm = ctx.norm
         cdt = _glue.compute_dtype(h.dtype)
         dh = dx if dx is not None else torch.zeros_like(h)
@@ -122,7 +126,7 @@ class _NormFunction(torch.autograd.Function):
             dy = dy + x_hat * dw.to(cdt)
         if db is not None:
             dy = dy + db.to(cdt)
-        dh_out = dh.to(h.dtype) if ctx.has_residual else torch.zeros((0,), dtype=h.dtype, device=h.device)
+        dh_out = dh.to(h.dtype) if ctx.has_residual else None
         return dy.to(ctx.dtypes[0]), dh_out, None, None
 
     @staticmethod
