@@ -175,6 +175,10 @@ def _forward(norm, x, residual, normalized_shape, weight, bias, eps, out=None):
         residual = _checks.as_float_array(residual, "residual")
         if residual.shape != x.shape:
             raise _checks.ShapeError(f"residual must have the shape of x {x.shape}, got {residual.shape}")
+        if dtype != x.dtype:  # float16: residual_out is rounded to float16 before the norm
+            h16 = np.add(x, residual, dtype=x.dtype)
+            y = _forward(norm, h16, None, lay.norm_shape, weight, bias, eps, out)[0]
+            return y, h16, None, None
         res2 = _checks.as_rows(residual, lay, dtype)
         h = np.empty_like(x2)
     else:

@@ -75,9 +75,10 @@ def configure() -> str:
         The layer asked for: ``"tbb"``; ``"forksafe"`` when TBB is unavailable; the user's
         choice; or ``"default"`` when a layer was already running.
     """
+    tbb_ok = _preload_tbb()  # also what a user's NUMBA_THREADING_LAYER=tbb needs in a venv
     if _user_chose_layer():
         return numba.config.THREADING_LAYER
-    if _preload_tbb():
+    if tbb_ok:
         numba.config.THREADING_LAYER = "tbb"
         return "tbb"
     if active_layer() == "not started":  # another library may have started one already

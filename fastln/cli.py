@@ -40,7 +40,7 @@ def info_dict() -> dict:
     import numba
 
     import fastln
-    from fastln import _config, _threading
+    from fastln import _cache, _threading
 
     fastln.layer_norm(np.ones((256, 256)))  # a parallel launch starts the threading layer
     features = llvm.get_host_cpu_features().flatten().split(",")
@@ -51,11 +51,12 @@ def info_dict() -> dict:
         "numpy": np.__version__,
         "torch": None,
         "threading_layer": _threading.active_layer(),
+        "threading_requested": _threading.REQUESTED_LAYER,
+        "forked_from_openmp": _threading.FORKED_FROM_OPENMP,
         "threads": numba.get_num_threads(),
         "cpu": llvm.get_host_cpu_name(),
         "simd": simd,
-        "cache": _config.CACHE,
-        "cache_dir": numba.config.CACHE_DIR or str(Path(fastln.__file__).parent / "__pycache__"),
+        "cache": _cache.describe(),
         "cuda": _cuda_info(),
     }
     try:

@@ -67,7 +67,7 @@ def test_bench_cuda_on_cpu_machine_is_a_clear_error(capsys):
 def test_info_reports_versions_and_threading(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
-    for key in ("fastln", "numba", "numpy", "threading_layer", "threads", "simd", "cache_dir", "cuda"):
+    for key in ("fastln", "numba", "numpy", "threading_layer", "threads", "simd", "cache", "cuda"):
         assert key in out
     assert "tbb" in out
 
