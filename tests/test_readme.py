@@ -25,3 +25,22 @@ def test_torch_is_pinned_everywhere_it_is_installed():
     pyproject = (ROOT / "pyproject.toml").read_text()
     for line in re.findall(r'"torch[^"]*"', pyproject):
         assert line == '"torch==2.13.0"', line
+
+
+def _python_blocks():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.+?)\n```", text, flags=re.S)
+
+
+def test_readme_has_python_blocks():
+    assert len(_python_blocks()) >= 2
+
+
+def test_every_python_block_runs_as_written():
+    """Each block runs on its own, in a fresh namespace, exactly as a reader would paste it."""
+    for block in _python_blocks():
+        if "import torch" in block:
+            import pytest
+
+            pytest.importorskip("torch")
+        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
