@@ -26,12 +26,14 @@ def case(rows: int, cols: int) -> dict:
     def in_kernel():
         y = torch.empty((rows, cols), dtype=torch.bfloat16)
         xu = t.view(torch.int16).numpy().view(np.uint16)
-        cpu.forward_bf16_parallel(xu, w, b, 1e-5, y.view(torch.int16).numpy().view(np.uint16), *stats())
+        none = np.empty((0, 0), np.uint16)
+        cpu.forward_bf16_parallel(xu, none, w, b, 1e-5, True, y.view(torch.int16).numpy().view(np.uint16), none, *stats())
         return y
 
     def upcast():
         y = torch.empty((rows, cols))
-        _api.run_forward(t.float().numpy(), w, b, 1e-5, y.numpy(), *stats())
+        none = np.empty((0, 0), np.float32)
+        _api.run_forward(t.float().numpy(), none, w, b, 1e-5, True, y.numpy(), none, *stats())
         return y.to(torch.bfloat16)
 
     def native():
