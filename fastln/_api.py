@@ -223,7 +223,7 @@ def _backward(norm, grad_y, x, mean, rstd, weight, normalized_shape):
         raise _checks.ShapeError(f"grad_y must have the shape of x {x.shape}, got {grad_y.shape}")
     dtype = _checks.compute_dtype(x.dtype)
     w = _checks.param_vector(weight, "weight", lay, dtype)
-    mean = _checks.check_stat(mean, "mean", lay, x.dtype) if norm.centered else _checks.EMPTY_STATS[_checks.stats_dtype(x.dtype)]
+    mean = _checks.check_stat(mean, "mean", lay, x.dtype) if norm.centered else _checks.EMPTY[_checks.stats_dtype(x.dtype)]
     rstd = _checks.check_stat(rstd, "rstd", lay, x.dtype)
     x2 = _checks.as_rows(x, lay, dtype)
     gy2 = _checks.as_rows(grad_y, lay, dtype)

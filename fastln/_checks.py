@@ -148,7 +148,6 @@ def stats_dtype(dtype: np.dtype) -> np.dtype:
 #: Length-0 vectors: what a missing weight/bias, or RMSNorm's absent mean, is passed as.
 #: Kernels test the length and skip the term, so no buffer sized by the input is kept.
 EMPTY = {np.dtype(d): np.empty(0, d) for d in (np.float16, np.float32, np.float64)}
-EMPTY_STATS = EMPTY
 for _a in EMPTY.values():
     _a.setflags(write=False)
 

@@ -100,11 +100,7 @@ def check(x, normalized_shape: tuple, weight, bias, residual, centered: bool, fn
             continue
         if not isinstance(p, Tensor):
             raise TypeError(f"{fn}(): argument '{name}' must be Tensor, not {type(p).__name__}")
-        if p.device != x.device:
-            raise RuntimeError(
-                f"Expected all tensors to be on the same device, but input is on {x.device} "
-                f"and {name} is on {p.device}"
-            )
+        _same_device(x, name, p)
         if tuple(p.shape) != tuple(norm):
             raise _checks.ShapeError(
                 f"Expected {name} to be of same shape as normalized_shape, but got {name} of "
@@ -119,20 +115,27 @@ def check(x, normalized_shape: tuple, weight, bias, residual, centered: bool, fn
     if residual is not None:
         if not isinstance(residual, Tensor):
             raise TypeError(f"{fn}(): argument 'residual' must be Tensor, not {type(residual).__name__}")
-        if residual.device != x.device:
-            raise RuntimeError(
-                f"Expected all tensors to be on the same device, but input is on {x.device} "
-                f"and residual is on {residual.device}"
-            )
+        _same_device(x, "residual", residual)
         if residual.shape != x.shape:
             raise _checks.ShapeError(
                 f"{fn}: residual must have the shape of input {list(x.shape)}, got {list(residual.shape)}"
             )
         if residual.dtype not in FLOATS:
             raise _checks.DTypeError(f"{fn}: residual must be a floating-point tensor, got {residual.dtype}")
-    cols = math.prod(norm)
-    rows = math.prod(shape[: len(shape) - len(norm)])
-    return norm, rows, cols
+    return (norm, *rows_cols(shape, norm))
+
+
+def rows_cols(shape, norm) -> tuple[int, int]:
+    """``(rows, cols)`` of an input of ``shape`` normalised over its trailing ``norm`` dims."""
+    return math.prod(shape[: len(shape) - len(norm)]), math.prod(norm)
+
+
+def _same_device(x: Tensor, name: str, t: Tensor) -> None:
+    if t.device != x.device:
+        raise RuntimeError(
+            f"Expected all tensors to be on the same device, but input is on {x.device} "
+            f"and {name} is on {t.device}"
+        )
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

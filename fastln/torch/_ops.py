@@ -58,10 +58,7 @@ def backward_op(
     need_params: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     norm = tuple(normalized_shape)
-    cols = 1
-    for d in norm:
-        cols *= d
-    rows = h.numel() // cols if cols else rstd.numel()
+    rows, cols = _glue.rows_cols(tuple(h.shape), norm)
     return _glue.backward_impl(grad_y, grad_residual, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
 
 

@@ -71,8 +71,10 @@ class _NormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, residual, norm, weight, bias, eps, centered):
-        rows_cols = _glue.check(x, norm, weight, bias, residual, centered, "fastln")
-        return _glue.forward_impl(x, residual, norm, rows_cols[1], rows_cols[2], weight, bias, eps, centered)
+        # Arguments were checked by the caller (_run), once; the vmap rule passes checked
+        # arguments with a batch dimension moved to the front.
+        rows, cols = _glue.rows_cols(tuple(x.shape), norm)
+        return _glue.forward_impl(x, residual, norm, rows, cols, weight, bias, eps, centered)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -102,10 +104,7 @@ class _NormFunction(torch.autograd.Function):
         if torch.is_grad_enabled() or any(t is not None and _is_wrapped(t) for t in (grad_y, gres, h, weight)):
             gx, gw, gb, _ = _composite_grads(grad_y, gres, h, ctx.eps, weight, norm, ctx.centered, need_params)
         else:
-            cols = 1
-            for d in norm:
-                cols *= d
-            rows = h.numel() // cols if cols else rstd.numel()
+            rows, cols = _glue.rows_cols(tuple(h.shape), norm)
             gx, gw, gb = _glue.backward_impl(grad_y, gres, h, mean, rstd, weight, norm, rows, cols, ctx.centered, need_params)
         gx, gr, gw, gb = _ops.cast_grads((need_x, need_r, need_w, need_b), ctx.dtypes, gx, gw, gb)
         return gx, gr, None, gw, gb, None, None
