@@ -1,7 +1,7 @@
 """The NumPy-level API: one front per public op over one shared pipeline.
 
 Every front goes through the same steps, whatever the norm: route by where the data lives
-(NumPy, Numba CUDA device arrays, Dask arrays, any other DLPack array), validate and view as
+(NumPy, Numba CUDA device arrays, any other DLPack array), validate and view as
 C-contiguous rows (``fastln._checks``), run the kernel (``run_forward``/``run_backward``),
 and view the results back in the caller's shape.  A norm is a :class:`Norm`: its name,
 whether it centres, whether it has a bias, and how ``eps=None`` resolves.
@@ -42,15 +42,13 @@ def _no_rows(dtype) -> np.ndarray:
 # Routing: where does the data live?
 # ---------------------------------------------------------------------------------------
 def _route(*arrays):
-    """``"numpy"``, ``"cuda"``, ``"dask"`` or ``"dlpack"`` for the first non-NumPy array."""
+    """``"numpy"``, ``"cuda"`` or ``"dlpack"`` for the first non-NumPy array.  Anything else
+    (lists, Dask arrays until a lazy front exists) is read through ``np.asarray``."""
     for a in arrays:
         if a is None or type(a) is np.ndarray:
             continue
         if _checks.is_device_array(a):
             return "cuda"
-        mod = type(a).__module__
-        if mod.startswith("dask.") and hasattr(a, "chunks"):
-            return "dask"
         if hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray):
             return "dlpack"
     return "numpy"
@@ -66,10 +64,6 @@ def _cuda():
 def _elsewhere(where, fn_name, *args, **kwargs):
     if where == "cuda":
         return getattr(_cuda(), fn_name)(*args, **kwargs)
-    if where == "dask":
-        from fastln import dask as fdask
-
-        return getattr(fdask, fn_name)(*args, **kwargs)
     from fastln import interop
 
     return interop.call(fn_name, *args, **kwargs)
@@ -247,8 +241,8 @@ def layer_norm_forward(x, normalized_shape=None, weight=None, bias=None, eps=1e-
     ----------
     x : array_like
         Input of shape ``(*lead, *normalized_shape)``, float16/32/64, any strides.  Never
-        modified.  A Numba CUDA device array runs the CUDA kernels; a Dask array gives a
-        lazy result; any other array with ``__dlpack__`` (torch, JAX, CuPy...) comes back
+        modified.  A Numba CUDA device array runs the CUDA kernels; any other array with
+        ``__dlpack__`` (torch, JAX, CuPy...) comes back
         as the same kind of array (no autograd: that is what ``fastln.torch`` is for).
     normalized_shape : int, tuple of int or None, optional
         Trailing dimensions to normalise over; None (the default) means the last axis.

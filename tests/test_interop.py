@@ -22,3 +22,10 @@ def test_torch_tensor_in_tensor_out_through_the_numpy_api():
 def test_unsupported_dlpack_dtype_is_a_clear_error():
     with pytest.raises(TypeError, match="torch"):
         fastln.layer_norm(torch.randn(3, 4).to(torch.bfloat16))
+
+
+def test_dask_arrays_are_computed_not_misrouted():
+    """No lazy Dask front exists yet: a Dask array is read through np.asarray, as before."""
+    da = pytest.importorskip("dask.array")
+    x = da.from_array(np.arange(48, dtype=np.float32).reshape(8, 6), chunks=(4, 6))
+    np.testing.assert_array_equal(fastln.layer_norm(x), fastln.layer_norm(np.asarray(x)))
