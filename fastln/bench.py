@@ -1,14 +1,33 @@
 """Benchmark registry and runner, shared by ``fastln bench`` and ``benchmarks/``.
 
-One registry of implementations (fastln, torch's aten kernels, the naive NumPy formula, and a
-parallel copy as the memory roofline) drives both the command line and pytest-benchmark, so
-the two can never measure different things.  Times are medians of rounds that interleave the
-implementations, so a noisy neighbour slows all of them alike.
+One registry of implementations drives both the command line and pytest-benchmark, so the two
+can never measure different things.  A *case* is one norm (LayerNorm, RMSNorm, or a fused
+residual-add norm), one pass (forward or backward), one shape and one dtype.  For each case:
+
+- **fastln** (the NumPy API), and for forwards **fastln out=** (into a reused buffer);
+- **torch** eager: ``aten.native_layer_norm(_backward)``; for RMSNorm ``F.rms_norm`` (on the
+  CPU a composite of ops) and its autograd backward; for add-norms ``x + r`` then the norm;
+- the **peers** a user might pick instead, when installed (``pip install 'fastln[peers]'``):
+  ``torch.compile`` (inductor), ONNX Runtime's ``LayerNormalization``/``RMSNormalization``
+  and JAX's jitted formula (forwards, float32 and float64);
+- **numpy**: the formula users write by hand;
+- two memory ceilings for forwards: **copy** (a parallel copy into a fresh array, which pays
+  the page faults of a new output, as fastln's allocating forward does) and **copy reused**
+  (into a reused buffer: the hardware's ceiling, the one ``fastln out=`` is held against).
+
+Timing survives a noisy machine: implementations are timed in interleaved rounds (so a busy
+neighbour slows them alike), each round a warm-up and a burst; a round in which any
+implementation took more than ``SPOILED`` times its median is dropped for all of them; each
+figure keeps its min/median/max and each ratio its spread over the kept rounds.  A case whose
+bursts still disagree (interquartile range over median above ``NOISY_SPREAD``), or that kept
+fewer than half its rounds, or that ran while the load average exceeded the cores, is measured
+again, and flagged ``noisy`` if it stays so: never silently reported.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -21,34 +40,111 @@ import fastln
 
 FULL_SHAPES = [(2, 3), (512, 768), (4096, 1024), (64, 65536), (32768, 768), (8192, 4096)]
 QUICK_SHAPES = [(2, 3), (512, 768), (4096, 1024), (32768, 768)]
+#: Shapes for the RMSNorm and add-norm cases (the norm-family issue's, flattened to 2-D).
+FAMILY_SHAPES = [(512, 768), (4096, 1024), (4096, 4096)]
+QUICK_FAMILY_SHAPES = [(4096, 1024)]
+NORMS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
+EPS = 1e-5
+
+#: Untimed run before each timed burst (longer than torch's OpenMP spin-wait).
+WARMUP_S = 0.015
+#: A round in which an implementation took more than this times its median is spoiled.
+SPOILED = 3.0
+#: Interquartile range / median of the kept bursts above which a case counts as noisy.
+NOISY_SPREAD = 0.3
 
 
-def have_torch() -> bool:
+def have(module: str) -> bool:
     try:
-        import torch  # noqa: F401
+        __import__(module)
     except ImportError:
         return False
     return True
 
 
+def have_torch() -> bool:
+    return have("torch")
+
+
 # ---------------------------------------------------------------------------------------
-# The registry: name -> maker(x, w, b, gy) -> zero-argument callable
+# Cases and inputs
 # ---------------------------------------------------------------------------------------
-def _numpy_forward(x, w, b, eps=1e-5):
-    """What users write by hand: three passes, float temporaries."""
-    mean = x.mean(axis=-1, keepdims=True)
+@dataclass(frozen=True)
+class Case:
+    norm: str
+    direction: str
+    shape: tuple
+    dtype: str
+
+    @property
+    def centered(self) -> bool:
+        return self.norm in ("layer_norm", "add_layer_norm")
+
+    @property
+    def residual(self) -> bool:
+        return self.norm.startswith("add_")
+
+    def label(self) -> str:
+        return f"{self.norm} {self.direction} {'x'.join(map(str, self.shape))} {self.dtype}"
+
+
+def cases(norms, shapes, family_shapes, dtypes) -> list[Case]:
+    """Every (norm, pass, shape, dtype) to run; add-norms are forward-only here."""
+    out = []
+    for dtype in dtypes:
+        for norm in norms:
+            for shape in shapes if norm == "layer_norm" else family_shapes:
+                for direction in ("forward",) if norm.startswith("add_") else ("forward", "backward"):
+                    out.append(Case(norm, direction, tuple(shape), np.dtype(dtype).name))
+    return out
+
+
+def make_inputs(shape, dtype, seed=0):
+    """``(x, w, b, gy, r)`` for one benchmark case."""
+    rng = np.random.default_rng(seed)
+    cols = shape[-1]
+    x = rng.standard_normal(shape).astype(dtype)
+    gy = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(cols).astype(dtype)
+    b = rng.standard_normal(cols).astype(dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+    return x, w, b, gy, r
+
+
+def bytes_moved(case: Case) -> int:
+    """Triton's convention: forward reads x and writes y (2 arrays), backward reads x and gy
+    and writes gx (3); an add-norm forward also reads r and writes h (4)."""
+    n = math.prod(case.shape) * np.dtype(case.dtype).itemsize
+    if case.direction == "backward":
+        return 3 * n
+    return 4 * n if case.residual else 2 * n
+
+
+# ---------------------------------------------------------------------------------------
+# The registry: makers(case, inputs) -> {name: zero-argument callable}
+# ---------------------------------------------------------------------------------------
+def _numpy_stats(x, centered):
+    mean = x.mean(axis=-1, keepdims=True) if centered else 0.0
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    rstd = 1.0 / np.sqrt(var + eps)
-    return (x - mean) * rstd * w + b, mean, rstd
+    return mean, 1.0 / np.sqrt(var + EPS)
 
 
-def _numpy_backward(gy, x, mean, rstd, w):
+def numpy_forward(x, w, b, centered=True, r=None):
+    """What users write by hand: several passes, temporaries."""
+    h = x if r is None else x + r
+    mean, rstd = _numpy_stats(h, centered)
+    y = (h - mean) * rstd * w
+    return (y + b if centered else y), mean, rstd
+
+
+def numpy_backward(gy, x, mean, rstd, w, centered=True):
     x_hat = (x - mean) * rstd
     wdy = gy * w
     n = x.shape[-1]
     c1 = (x_hat * wdy).sum(axis=-1, keepdims=True) / n
-    c2 = wdy.sum(axis=-1, keepdims=True) / n
-    return (wdy - (x_hat * c1 + c2)) * rstd, (gy * x_hat).sum(axis=0), gy.sum(axis=0)
+    c2 = wdy.sum(axis=-1, keepdims=True) / n if centered else 0.0
+    gx = (wdy - (x_hat * c1 + c2)) * rstd
+    return (gx, (gy * x_hat).sum(axis=0)) + (((gy.sum(axis=0)),) if centered else ())
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -59,71 +155,177 @@ def _parallel_copy(x, y):
 
 
 def copy_roofline(x):
-    """Allocating parallel copy of x: the bandwidth bound of a forward pass."""
+    """Allocating parallel copy of x: what a forward that returns a fresh array can reach."""
     y = np.empty_like(x)
     _parallel_copy(x, y)
     return y
 
 
-def forward_makers() -> dict[str, Callable]:
-    makers = {
-        "fastln": lambda x, w, b, gy: lambda: fastln.layer_norm_forward(x, None, w, b),
-        "numpy": lambda x, w, b, gy: lambda: _numpy_forward(x, w, b),
-        "copy": lambda x, w, b, gy: lambda: copy_roofline(x),
+def _fastln(case, x, w, b, gy, r):
+    fw = {
+        "layer_norm": lambda: fastln.layer_norm_forward(x, None, w, b, EPS),
+        "rms_norm": lambda: fastln.rms_norm_forward(x, None, w, EPS),
+        "add_layer_norm": lambda: fastln.add_layer_norm(x, r, None, w, b, EPS),
+        "add_rms_norm": lambda: fastln.add_rms_norm(x, r, None, w, EPS),
     }
+    if case.direction == "forward":
+        out = {"fastln": fw[case.norm]}
+        if not case.residual:
+            buf = np.empty_like(x)
+            if case.centered:
+                out["fastln out="] = lambda: fastln.layer_norm(x, None, w, b, EPS, out=buf)
+            else:
+                out["fastln out="] = lambda: fastln.rms_norm(x, None, w, EPS, out=buf)
+        return out
+    if case.centered:
+        _, mean, rstd = fastln.layer_norm_forward(x, None, w, b, EPS)
+        return {"fastln": lambda: fastln.layer_norm_backward(gy, x, mean, rstd, w)}
+    _, rstd = fastln.rms_norm_forward(x, None, w, EPS)
+    return {"fastln": lambda: fastln.rms_norm_backward(gy, x, rstd, w)}
+
+
+def _torch(case, x, w, b, gy, r):
+    import torch
+    import torch.nn.functional as F
+
+    xt, wt, bt, gt, rt = (torch.from_numpy(a) for a in (x, w, b, gy, r))
+    n = [x.shape[-1]]
+    ln = torch.ops.aten.native_layer_norm
+    if case.direction == "forward":
+        return {"torch": {
+            "layer_norm": lambda: ln(xt, n, wt, bt, EPS),
+            "rms_norm": lambda: F.rms_norm(xt, n, wt, EPS),
+            "add_layer_norm": lambda: (ln(xt + rt, n, wt, bt, EPS), None),
+            "add_rms_norm": lambda: (F.rms_norm(xt + rt, n, wt, EPS), None),
+        }[case.norm]}
+    if case.centered:
+        _, mean, rstd = ln(xt, n, wt, bt, EPS)
+        return {"torch": lambda: torch.ops.aten.native_layer_norm_backward(
+            gt, xt, n, mean, rstd, wt, bt, [True, True, True])}
+    xg, wg = xt.clone().requires_grad_(), wt.clone().requires_grad_()
+    y = F.rms_norm(xg, n, wg, EPS)  # torch's own backward graph for its composite RMSNorm
+    return {"torch": lambda: torch.autograd.grad(y, (xg, wg), gt, retain_graph=True)}
+
+
+def _torch_compile(case, x, w, b, gy, r):
+    import torch
+    import torch.nn.functional as F
+
+    xt, wt, bt, rt = (torch.from_numpy(a) for a in (x, w, b, r))
+    n = [x.shape[-1]]
+    fn = {
+        "layer_norm": lambda a, c: F.layer_norm(a, n, wt, bt, EPS),
+        "rms_norm": lambda a, c: F.rms_norm(a, n, wt, EPS),
+        "add_layer_norm": lambda a, c: (lambda h: (F.layer_norm(h, n, wt, bt, EPS), h))(a + c),
+        "add_rms_norm": lambda a, c: (lambda h: (F.rms_norm(h, n, wt, EPS), h))(a + c),
+    }[case.norm]
+    compiled = torch.compile(fn, dynamic=False)
+    return {"torch.compile": lambda: compiled(xt, rt)}
+
+
+def _onnxruntime(case, x, w, b, gy, r):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}[x.dtype]
+    shape = list(x.shape)
+    inputs = [helper.make_tensor_value_info("X", elem, shape)]
+    nodes, feeds, x_name = [], {"X": x}, "X"
+    if case.residual:
+        inputs.append(helper.make_tensor_value_info("R", elem, shape))
+        nodes.append(helper.make_node("Add", ["X", "R"], ["H"]))
+        feeds["R"], x_name = r, "H"
+    inits = [numpy_helper.from_array(w, "W")]
+    if case.centered:
+        inits.append(numpy_helper.from_array(b, "B"))
+        nodes.append(helper.make_node("LayerNormalization", [x_name, "W", "B"], ["Y"], axis=-1, epsilon=EPS))
+        opset = 17
+    else:
+        nodes.append(helper.make_node("RMSNormalization", [x_name, "W"], ["Y"], axis=-1, epsilon=EPS))
+        opset = 23
+    outputs = [helper.make_tensor_value_info("Y", elem, shape)]
+    if case.residual:
+        outputs.append(helper.make_tensor_value_info("H", elem, shape))
+    graph = helper.make_graph(nodes, "norm", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = numba.get_num_threads()
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(onnx.ModelProto.SerializeToString(model), opts,
+                                providers=["CPUExecutionProvider"])
+    return {"onnxruntime": lambda: sess.run(None, feeds)}
+
+
+def _jax(case, x, w, b, gy, r):
+    import jax
+
+    if x.dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    xj, wj, bj, rj = (jnp.asarray(a) for a in (x, w, b, r))
+
+    def norm(h):
+        mean = h.mean(-1, keepdims=True) if case.centered else 0.0
+        var = ((h - mean) ** 2).mean(-1, keepdims=True)
+        y = (h - mean) * jax.lax.rsqrt(var + EPS) * wj
+        return y + bj if case.centered else y
+
+    def fn(a, c):
+        if case.residual:
+            h = a + c
+            return norm(h), h
+        return norm(a)
+
+    jitted = jax.jit(fn)
+    return {"jax": lambda: jax.block_until_ready(jitted(xj, rj))}
+
+
+def _numpy(case, x, w, b, gy, r):
+    if case.direction == "forward":
+        return {"numpy": lambda: numpy_forward(x, w, b, case.centered, r if case.residual else None)}
+    _, mean, rstd = numpy_forward(x, w, b, case.centered)
+    return {"numpy": lambda: numpy_backward(gy, x, mean, rstd, w, case.centered)}
+
+
+def _copies(case, x, w, b, gy, r):
+    if case.direction != "forward":
+        return {}
+    buf = np.empty_like(x)
+    return {"copy": lambda: copy_roofline(x), "copy reused": lambda: _parallel_copy(x, buf)}
+
+
+#: Peers: (name, module that must import, maker, supported dtypes).  Forwards only.
+PEERS = [
+    ("torch.compile", "torch", _torch_compile, ("float32", "float64")),
+    ("onnxruntime", "onnxruntime", _onnxruntime, ("float32", "float64")),
+    ("jax", "jax", _jax, ("float32", "float64")),
+]
+CEILINGS = ("copy", "copy reused")
+
+
+def makers(case: Case, inputs, peers: bool = False) -> dict[str, Callable]:
+    """Zero-argument callables, one per implementation available here, for ``case``."""
+    x, w, b, gy, r = (np.ascontiguousarray(a.reshape(-1, a.shape[-1])) if a.ndim > 1 else a for a in inputs)
+    fns = dict(_fastln(case, x, w, b, gy, r))
     if have_torch():
-        import torch
-
-        def torch_forward(x, w, b, gy):
-            xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
-            return lambda: torch.ops.aten.native_layer_norm(xt, [x.shape[1]], wt, bt, 1e-5)
-
-        makers["torch"] = torch_forward
-    return makers
-
-
-def backward_makers() -> dict[str, Callable]:
-    def fastln_backward(x, w, b, gy):
-        _, mean, rstd = fastln.layer_norm_forward(x, None, w, b)
-        return lambda: fastln.layer_norm_backward(gy, x, mean, rstd, w)
-
-    def numpy_backward(x, w, b, gy):
-        _, mean, rstd = _numpy_forward(x, w, b)
-        return lambda: _numpy_backward(gy, x, mean, rstd, w)
-
-    makers = {"fastln": fastln_backward, "numpy": numpy_backward}
-    if have_torch():
-        import torch
-
-        def torch_backward(x, w, b, gy):
-            xt, wt, bt, gt = (torch.from_numpy(a) for a in (x, w, b, gy))
-            _, mean, rstd = torch.ops.aten.native_layer_norm(xt, [x.shape[1]], wt, bt, 1e-5)
-            return lambda: torch.ops.aten.native_layer_norm_backward(
-                gt, xt, [x.shape[1]], mean, rstd, wt, bt, [True, True, True]
-            )
-
-        makers["torch"] = torch_backward
-    return makers
-
-
-def make_inputs(shape, dtype, seed=0):
-    """``(x, w, b, gy)`` for one benchmark case."""
-    rng = np.random.default_rng(seed)
-    rows, cols = shape
-    x = rng.standard_normal(shape, dtype=np.float64).astype(dtype)
-    gy = rng.standard_normal(shape, dtype=np.float64).astype(dtype)
-    w = rng.standard_normal(cols).astype(dtype)
-    b = rng.standard_normal(cols).astype(dtype)
-    return x, w, b, gy
+        fns.update(_torch(case, x, w, b, gy, r))
+    if peers and case.direction == "forward":
+        for name, module, maker, dtypes in PEERS:
+            if case.dtype in dtypes and have(module):
+                try:
+                    fns.update(maker(case, x, w, b, gy, r))
+                except Exception as exc:  # a peer that cannot run this case is skipped, said why
+                    fns[name] = exc
+    fns.update(_numpy(case, x, w, b, gy, r))
+    fns.update(_copies(case, x, w, b, gy, r))
+    return fns
 
 
 # ---------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------
-#: Untimed run before each timed burst (longer than torch's OpenMP spin-wait).
-WARMUP_S = 0.015
-
-
 def _inner_loops(fn, target_s=2e-3) -> int:
     t = time.perf_counter()
     fn()
@@ -131,8 +333,8 @@ def _inner_loops(fn, target_s=2e-3) -> int:
     return max(1, min(1000, int(target_s / max(dt, 1e-7))))
 
 
-def interleaved_medians(fns: dict[str, Callable], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, measured in interleaved rounds.
+def interleaved_samples(fns: dict[str, Callable], rounds: int) -> dict[str, np.ndarray]:
+    """Seconds per call of each function, one burst per function per round, interleaved.
 
     Each timed burst follows an untimed one of the same function: torch's OpenMP workers
     busy-wait for about 6 ms after a torch call, and on a 2-core machine that slows
@@ -151,27 +353,57 @@ def interleaved_medians(fns: dict[str, Callable], rounds: int) -> dict[str, floa
             for _ in range(n):
                 f()
             samples[k].append((time.perf_counter() - t) / n)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+    return {k: np.array(v) for k, v in samples.items()}
 
 
-def max_error_vs_float64(x, w, b) -> float:
-    """Max abs error of fastln's forward against the naive formula in float64."""
-    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
-    ref = _numpy_forward(x64, w64, b64)[0]
-    return float(np.abs(fastln.layer_norm(x, None, w, b) - ref).max())
+def kept_rounds(samples: dict[str, np.ndarray]) -> np.ndarray:
+    """Mask of the rounds in which no implementation took ``SPOILED`` times its median."""
+    keep = None
+    for v in samples.values():
+        ok = v <= SPOILED * np.median(v)
+        keep = ok if keep is None else keep & ok
+    return keep
+
+
+def interleaved_medians(fns: dict[str, Callable], rounds: int) -> dict[str, float]:
+    """Median seconds per call over the kept interleaved rounds (see ``interleaved_samples``)."""
+    samples = interleaved_samples(fns, rounds)
+    keep = kept_rounds(samples)
+    return {k: float(np.median(v[keep])) for k, v in samples.items()}
+
+
+def loaded() -> tuple[float, bool]:
+    """The 1-minute load average, and whether it says someone else wants the cores.
+
+    The benchmark's own threads count towards the load, so the machine is *loaded* when the
+    load exceeds the cores by more than one."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return 0.0, False
+    return load, load > (os.cpu_count() or 1) + 1
 
 
 @dataclass
 class Row:
+    norm: str
     shape: tuple
     dtype: str
     direction: str
     impl: str
     median_s: float
+    min_s: float
+    max_s: float
     gb_per_s: float
     speedup_vs_torch: float | None = None
-    fraction_of_copy_roofline: float | None = None
+    speedup_spread: list | None = None  # [min, p25, p75, max] of the per-round ratio
+    fraction_of_copy: float | None = None
+    fraction_of_reused_copy: float | None = None
     max_abs_error: float | None = None
+    rounds_kept: int = 0
+    noisy: bool = False
+    load: float = 0.0
+    note: str | None = None
 
 
 @dataclass
@@ -210,6 +442,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": _cpu_name(),
+        "cores": os.cpu_count(),
         "threads": numba.get_num_threads(),
         "threading_layer": _threading.active_layer(),
     }
@@ -218,19 +451,55 @@ def machine_info() -> dict:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+    for peer in ("onnxruntime", "jax"):
+        if have(peer):
+            info[peer] = __import__(peer).__version__
     return info
 
 
-def bytes_moved(shape, dtype, direction) -> int:
-    n = math.prod(shape) * np.dtype(dtype).itemsize
-    return 2 * n if direction == "forward" else 3 * n  # fwd: x in, y out; bwd: x, gy in, gx out
+def max_error(case: Case, inputs) -> float:
+    """Max abs error of fastln's forward output against the naive formula in float64."""
+    x, w, b, gy, r = inputs
+    x64, w64, b64, r64 = (a.astype(np.float64) for a in (x, w, b, r))
+    want = numpy_forward(x64, w64, b64, case.centered, r64 if case.residual else None)[0]
+    got = _fastln(case, x, w, b, gy, r)["fastln"]()[0]
+    return float(np.abs(got - want).max())
 
 
-def run(shapes, dtypes, rounds, progress=None) -> Report:
-    """Benchmark forward and backward for every shape and dtype; returns a :class:`Report`.
+def measure(case: Case, fns: dict[str, Callable], rounds: int) -> list[Row]:
+    """Rows for one case: interleaved rounds, spoiled rounds dropped, re-measured once if noisy."""
+    for _ in range(2):  # a noisy first attempt gets one more
+        load, busy = loaded()
+        samples = interleaved_samples(fns, rounds)
+        keep = kept_rounds(samples)
+        kept = {k: v[keep] for k, v in samples.items()}
+        spread = max(float(np.subtract(*np.percentile(v, [75, 25])) / np.median(v)) for v in kept.values())
+        noisy = busy or keep.sum() < max(1, rounds // 2) or (rounds >= 3 and spread > NOISY_SPREAD)
+        if not noisy:
+            break
+    nbytes = bytes_moved(case)
+    med = {k: float(np.median(v)) for k, v in kept.items()}
+    rows = []
+    for impl, v in kept.items():
+        row = Row(case.norm, case.shape, case.dtype, case.direction, impl, med[impl],
+                  float(v.min()), float(v.max()), nbytes / med[impl] / 1e9,
+                  rounds_kept=int(keep.sum()), noisy=bool(noisy), load=round(load, 2))
+        if "torch" in kept and impl not in CEILINGS:
+            ratio = kept["torch"] / v
+            row.speedup_vs_torch = float(np.median(ratio))
+            row.speedup_spread = [float(q) for q in np.percentile(ratio, [0, 25, 75, 100])]
+        if "copy" in med and impl not in CEILINGS:
+            row.fraction_of_copy = med["copy"] / med[impl]
+        if "copy reused" in med and impl not in CEILINGS:
+            row.fraction_of_reused_copy = med["copy reused"] / med[impl]
+        if noisy:
+            row.note = "noisy machine: bursts disagreed (or load was high) in two attempts"
+        rows.append(row)
+    return rows
 
-    Forward rows include ``copy``: an allocating parallel copy of x, the memory roofline.
-    """
+
+def run(case_list: list[Case], rounds: int, peers: bool = False, progress=None) -> Report:
+    """Benchmark every case; returns a :class:`Report`."""
     if have_torch():
         import torch
 
@@ -238,25 +507,31 @@ def run(shapes, dtypes, rounds, progress=None) -> Report:
     report = Report(machine={})
     if not have_torch():
         report.notes.append("torch is not installed: fastln is compared with numpy only")
-    for dtype in dtypes:
-        for shape in shapes:
-            x, w, b, gy = make_inputs(shape, dtype)
-            err = max_error_vs_float64(x, w, b)
-            for direction, makers in (("forward", forward_makers()), ("backward", backward_makers())):
-                fns = {k: m(x, w, b, gy) for k, m in makers.items()}
-                for f in fns.values():
-                    f()  # compile / warm up
-                med = interleaved_medians(fns, rounds)
-                for impl, t in med.items():
-                    row = Row(shape, np.dtype(dtype).name, direction, impl, t, bytes_moved(shape, dtype, direction) / t / 1e9)
-                    if "torch" in med and impl != "copy":
-                        row.speedup_vs_torch = med["torch"] / t
-                    if direction == "forward" and "copy" in med:
-                        row.fraction_of_copy_roofline = med["copy"] / t
-                    if impl == "fastln" and direction == "forward":
-                        row.max_abs_error = err
-                    report.rows.append(row)
-                if progress:
-                    progress()
+    load, busy = loaded()
+    if busy:
+        report.notes.append(f"the machine was loaded when the run started (load {load:.1f} on "
+                            f"{os.cpu_count()} cores): rows flagged noisy are unreliable")
+    skipped = set()
+    for case in case_list:
+        inputs = make_inputs(case.shape, case.dtype)
+        fns = makers(case, inputs, peers)
+        for name, fn in list(fns.items()):
+            if isinstance(fn, Exception):
+                skipped.add(f"{name} ({case.norm}): {type(fn).__name__}: {str(fn)[:120]}")
+                del fns[name]
+        for f in fns.values():
+            f()  # compile / warm up
+        rows = measure(case, fns, rounds)
+        if case.direction == "forward":
+            err = max_error(case, inputs)
+            for row in rows:
+                if row.impl == "fastln":
+                    row.max_abs_error = err
+        report.rows.extend(rows)
+        if progress:
+            progress()
+    report.notes.extend(f"peer skipped: {s}" for s in sorted(skipped))
+    if any(r.noisy for r in report.rows):
+        report.notes.append("some rows are flagged noisy: re-run them on a quieter machine")
     report.machine = machine_info()
     return report

@@ -10,17 +10,23 @@ from pathlib import Path
 import numpy as np
 
 DTYPES = ("float32", "float64")
+NORMS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastln", description="Fast, accurate LayerNorm: tools.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, threading, SIMD features, cache, CUDA devices")
-    b = sub.add_parser("bench", help="benchmark fastln against torch and numpy")
+    b = sub.add_parser("bench", help="benchmark fastln against torch, its peers and numpy")
     b.add_argument("--quick", action="store_true", help="fewer shapes and rounds (about a minute)")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     b.add_argument("--dtype", nargs="+", choices=DTYPES, default=None,
                    help="data types (default float32; float32 and float64 without --quick)")
+    b.add_argument("--norm", nargs="+", choices=NORMS, default=None,
+                   help="norms to run (default: all of them)")
+    b.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time torch.compile, ONNX Runtime and JAX where installed "
+                        "(default: on without --quick)")
     b.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case")
     b.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for JSON and PNG")
     sub.add_parser("demo", help="the seed article's three examples, fastln beside torch")
@@ -98,12 +104,15 @@ def cmd_bench(args) -> int:
     if args.device == "cuda":
         console.print("[red]error:[/] the CUDA benchmark runs on a GPU machine: see tools/gpu_suite.py")
         return 2
-    shapes = bench.QUICK_SHAPES if args.quick else bench.FULL_SHAPES
     dtypes = args.dtype or (["float32"] if args.quick else list(DTYPES))
-    rounds = args.rounds or (5 if args.quick else 15)
+    rounds = args.rounds or (7 if args.quick else 15)
+    peers = (not args.quick) if args.peers is None else args.peers
+    shapes, family = ((bench.QUICK_SHAPES, bench.QUICK_FAMILY_SHAPES) if args.quick
+                      else (bench.FULL_SHAPES, bench.FAMILY_SHAPES))
+    case_list = bench.cases(args.norm or NORMS, shapes, family, dtypes)
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("benchmarking", total=2 * len(shapes) * len(dtypes))
-        report = bench.run(shapes, [np.dtype(d) for d in dtypes], rounds, lambda: progress.advance(task))
+        task = progress.add_task("benchmarking", total=len(case_list))
+        report = bench.run(case_list, rounds, peers, lambda: progress.advance(task))
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(_table(report))
@@ -119,19 +128,28 @@ def cmd_bench(args) -> int:
 def _table(report):
     from rich.table import Table
 
-    t = Table(title="fastln vs torch vs numpy (median of interleaved rounds)")
-    for col in ("shape", "dtype", "pass", "impl", "time", "GB/s", "vs torch", "of copy", "max err"):
+    t = Table(title="fastln vs torch, its peers and numpy (medians of interleaved bursts; "
+                    "ratio = torch time / impl time, [min-max] over kept rounds)")
+    for col in ("norm", "shape", "dtype", "pass", "impl", "time", "GB/s", "vs torch", "of copy", "max err"):
         t.add_column(col, justify="right")
 
     def fmt(v, spec):
         return "" if v is None else format(v, spec)
 
     for r in report.rows:
+        ratio = ""
+        if r.speedup_vs_torch is not None:
+            lo, hi = r.speedup_spread[0], r.speedup_spread[-1]
+            ratio = f"{r.speedup_vs_torch:.2f} [{lo:.2f}-{hi:.2f}]"
+        of_copy = r.fraction_of_reused_copy if r.impl == "fastln out=" else r.fraction_of_copy
         t.add_row(
-            "x".join(map(str, r.shape)), r.dtype, r.direction, r.impl, _fmt_time(r.median_s),
-            f"{r.gb_per_s:.1f}", fmt(r.speedup_vs_torch, ".2f"), fmt(r.fraction_of_copy_roofline, ".2f"),
-            fmt(r.max_abs_error, ".1e"),
+            r.norm, "x".join(map(str, r.shape)), r.dtype, r.direction, r.impl + (" (noisy)" if r.noisy else ""),
+            _fmt_time(r.median_s), f"{r.gb_per_s:.1f}", ratio, fmt(of_copy, ".2f"), fmt(r.max_abs_error, ".1e"),
+            style="yellow" if r.noisy else None,
         )
+    t.caption = ("GB/s: forward 2*bytes(x)/t (4x for add-norms: x, r in, y, h out), backward 3*bytes(x)/t. "
+                 "'of copy': fraction of an allocating parallel copy; for 'fastln out=' of a copy into "
+                 "a reused buffer.")
     return t
 
 
@@ -139,38 +157,55 @@ def _fmt_time(s: float) -> str:
     return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
 
 
+#: One colour per implementation, the same in every panel.
+COLOURS = {
+    "fastln": "tab:blue", "fastln out=": "tab:cyan", "torch": "tab:orange", "torch.compile": "tab:red",
+    "onnxruntime": "tab:purple", "jax": "tab:green", "numpy": "tab:gray", "copy": "tab:brown",
+    "copy reused": "tab:olive",
+}
+
+
 def plot(data: dict, path: Path) -> None:
-    """Speedup vs torch and GB/s per shape, forward and backward (rows), one panel each."""
+    """Time per call (log scale, so 2x3 and 32768x768 read alike) and GB/s, one row of panels
+    per (norm, pass); one colour per implementation everywhere; legends list only drawn bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = data["results"]
-    fig, axes = plt.subplots(2, 2, figsize=(15, 9), constrained_layout=True)
-    for k, direction in enumerate(("forward", "backward")):
-        sel = [r for r in rows if r["direction"] == direction]
+    groups = list(dict.fromkeys((r["norm"], r["direction"]) for r in rows))
+    fig, axes = plt.subplots(len(groups), 2, figsize=(16, 3.6 * len(groups) + 1), squeeze=False,
+                             constrained_layout=True)
+    for k, (norm, direction) in enumerate(groups):
+        sel = [r for r in rows if r["norm"] == norm and r["direction"] == direction]
         cases = list(dict.fromkeys((tuple(r["shape"]), r["dtype"]) for r in sel))
-        labels = [f"{s[0]}x{s[1]} {d}" for s, d in cases]
+        labels = [f"{'x'.join(map(str, s))} {d}" for s, d in cases]
+        impls = list(dict.fromkeys(r["impl"] for r in sel))
         xs = np.arange(len(cases))
-        for ax, metric, skip in ((axes[k, 0], "speedup_vs_torch", ("torch", "copy")), (axes[k, 1], "gb_per_s", ())):
-            impls = [i for i in dict.fromkeys(r["impl"] for r in sel) if i not in skip]
-            width = 0.8 / max(len(impls), 1)
+        width = 0.8 / max(len(impls), 1)
+        for ax, metric in ((axes[k, 0], "median_s"), (axes[k, 1], "gb_per_s")):
             for n, impl in enumerate(impls):
-                lookup = {(tuple(r["shape"]), r["dtype"]): r[metric] for r in sel if r["impl"] == impl}
-                vals = [lookup.get(c) or 0 for c in cases]
-                ax.bar(xs + n * width, vals, width, label=impl)
-            ax.set_xticks(xs + width * (len(impls) - 1) / 2, labels, rotation=30, ha="right", fontsize=8)
-            ax.legend(fontsize=8)
-            ax.grid(axis="y", alpha=0.3)
-        axes[k, 0].axhline(1.0, color="k", lw=1, ls="--")
-        axes[k, 0].set_ylabel("speedup vs torch (higher is better)")
-        axes[k, 0].set_title(f"{direction}: speedup vs torch (same threads)")
-        axes[k, 1].set_ylabel("GB/s moved (higher is better)")
-        axes[k, 1].set_title(f"{direction}: bandwidth (copy = memory roofline)")
+                lookup = {(tuple(r["shape"]), r["dtype"]): r for r in sel if r["impl"] == impl}
+                vals = [lookup[c][metric] if c in lookup else np.nan for c in cases]
+                if metric == "median_s":
+                    vals = [v * 1e6 for v in vals]
+                hatch = ["//" if c in lookup and lookup[c]["noisy"] else "" for c in cases]
+                bars = ax.bar(xs + n * width, vals, width, label=impl, color=COLOURS.get(impl, "black"))
+                for bar, h in zip(bars, hatch, strict=True):
+                    bar.set_hatch(h)
+            ax.set_xticks(xs + width * (len(impls) - 1) / 2, labels, rotation=20, ha="right", fontsize=8)
+            ax.set_yscale("log")
+            ax.grid(axis="y", alpha=0.3, which="both")
+            ax.legend(fontsize=7, ncol=3)
+        axes[k, 0].set_ylabel("us per call (lower is better)")
+        axes[k, 0].set_title(f"{norm} {direction}: time per call")
+        axes[k, 1].set_ylabel("GB/s (higher is better)")
+        axes[k, 1].set_title(f"{norm} {direction}: bandwidth (copy, copy reused = memory ceilings)")
     m = data.get("machine", {})
-    fig.suptitle(f"fastln {m.get('fastln', '')}, {m.get('threads', '?')} threads, {m.get('processor', '')}")
-    fig.savefig(path, dpi=100)
+    fig.suptitle(f"fastln {m.get('fastln', '')}, {m.get('threads', '?')} threads, {m.get('processor', '')}"
+                 " (hatched: noisy)")
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
