@@ -42,11 +42,13 @@ def _no_rows(dtype) -> np.ndarray:
 # Routing: where does the data live?
 # ---------------------------------------------------------------------------------------
 def _route(*arrays):
-    """``"numpy"``, ``"cuda"`` or ``"dlpack"`` for the first non-NumPy array.  Anything else
-    (lists, Dask arrays until a lazy front exists) is read through ``np.asarray``."""
+    """``"numpy"``, ``"dask"``, ``"cuda"`` or ``"dlpack"`` for the first non-NumPy array.
+    Anything else (lists, array-likes) is read through ``np.asarray``."""
     for a in arrays:
         if a is None or type(a) is np.ndarray:
             continue
+        if type(a).__module__.startswith("dask.array") and type(a).__name__ == "Array":
+            return "dask"
         if _checks.is_device_array(a):
             return "cuda"
         if hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray):
@@ -62,6 +64,10 @@ def _cuda():
 
 
 def _elsewhere(where, fn_name, *args, **kwargs):
+    if where == "dask":
+        from fastln import dask  # imports dask only now
+
+        return dask.call(fn_name, *args, **kwargs)
     if where == "cuda":
         return getattr(_cuda(), fn_name)(*args, **kwargs)
     from fastln import interop

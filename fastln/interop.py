@@ -31,7 +31,7 @@ def _namespace(a):
 def _to_numpy(a, name):
     if a is None or isinstance(a, np.ndarray) or not hasattr(a, "__dlpack__"):
         return a
-    lib = type(a).__module__.split(".")[0]
+    lib = _namespace(a).__name__.split(".")[0]
     dev = a.__dlpack_device__() if hasattr(a, "__dlpack_device__") else (_CPU, 0)
     if int(dev[0]) != _CPU:
         raise TypeError(

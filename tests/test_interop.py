@@ -24,8 +24,35 @@ def test_unsupported_dlpack_dtype_is_a_clear_error():
         fastln.layer_norm(torch.randn(3, 4).to(torch.bfloat16))
 
 
-def test_dask_arrays_are_computed_not_misrouted():
-    """No lazy Dask front exists yet: a Dask array is read through np.asarray, as before."""
-    da = pytest.importorskip("dask.array")
-    x = da.from_array(np.arange(48, dtype=np.float32).reshape(8, 6), chunks=(4, 6))
-    np.testing.assert_array_equal(fastln.layer_norm(x), fastln.layer_norm(np.asarray(x)))
+def test_jax_arrays_in_jax_arrays_out_zero_copy_in_and_never_written():
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    from fastln import interop
+
+    rng = np.random.default_rng(0)
+    xn = rng.standard_normal((16, 24)).astype(np.float32)
+    wn = rng.standard_normal(24).astype(np.float32)
+    x, w = jnp.asarray(xn), jnp.asarray(wn)
+    # In: np.from_dlpack shares JAX's buffer (same address), read-only.
+    view = interop._to_numpy(x, "x")
+    assert view.ctypes.data == x.unsafe_buffer_pointer() and not view.flags.writeable
+    outs = [
+        (fastln.layer_norm(x, None, w, w), fastln.layer_norm(xn, None, wn, wn)),
+        (fastln.rms_norm_forward(x, None, w), fastln.rms_norm_forward(xn, None, wn)),
+        (fastln.add_layer_norm(x, x, None, w), fastln.add_layer_norm(xn, xn, None, wn)),
+    ]
+    y, mean, rstd = fastln.layer_norm_forward(x)
+    gx, gw, gb = fastln.layer_norm_backward(x, x, mean, rstd, w)
+    outs.append(((gx, gw, gb), fastln.layer_norm_backward(xn, xn, *fastln.layer_norm_forward(xn)[1:], wn)))
+    for got, want in outs:
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        for g, e in zip(got, want, strict=True):
+            assert isinstance(g, jax.Array)
+            np.testing.assert_array_equal(np.asarray(g), e)
+    np.testing.assert_array_equal(np.asarray(x), xn)  # the input is untouched
+
+
+def test_jax_bfloat16_is_a_clear_error_naming_the_library():
+    jnp = pytest.importorskip("jax.numpy")
+    with pytest.raises(TypeError, match="jax"):
+        fastln.layer_norm(jnp.ones((2, 3), jnp.bfloat16))
