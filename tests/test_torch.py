@@ -90,20 +90,27 @@ def test_half_types(dtype, tol):
 
 
 def test_zero_copy_views(monkeypatch):
-    """The kernel reads the input tensor's memory and writes straight into the output tensor."""
-    seen = {}
-    real = _api.run_forward
+    """The kernels read the input tensors' memory and write straight into the output tensors
+    (the address kernels are handed the tensors' own data pointers)."""
+    calls = []
+    real = _api._launch
 
-    def spy(x2, res2, w, b, eps, centered, y, h, mean, rstd):
-        seen.update(x=x2.ctypes.data, y=y.ctypes.data, mean=mean.ctypes.data)
-        return real(x2, res2, w, b, eps, centered, y, h, mean, rstd)
+    def spy(serial, parallel, one_task, rows, size, *args):
+        calls.append(args)
+        return real(serial, parallel, one_task, rows, size, *args)
 
-    monkeypatch.setattr(_api, "run_forward", spy)
+    monkeypatch.setattr(_api, "_launch", spy)
     x = torch.randn(32, 64, requires_grad=True)
     y, _, mean, rstd = torch.ops.fastln.forward(x, None, [64], None, None, 1e-5, True)
-    assert seen["x"] == x.data_ptr()
-    assert seen["y"] == y.data_ptr()
-    assert seen["mean"] == mean.data_ptr()
+    (fwd,) = calls
+    assert (fwd[2], fwd[6], fwd[8], fwd[9]) == (x.data_ptr(), y.data_ptr(), mean.data_ptr(), rstd.data_ptr())
+    w = torch.randn(64)
+    gy = torch.randn(32, 64)
+    gx, gw, _ = torch.ops.fastln.backward(gy, None, x, mean, rstd, w, [64], True, True)
+    bwd = calls[1]
+    assert (bwd[2], bwd[3], bwd[4], bwd[5], bwd[6]) == (gy.data_ptr(), x.data_ptr(), mean.data_ptr(),
+                                                         rstd.data_ptr(), w.data_ptr())
+    assert (bwd[8], bwd[9]) == (gx.data_ptr(), gw.data_ptr())
 
 
 def test_non_contiguous_input():

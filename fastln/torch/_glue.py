@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from fastln import _api, _checks
+from fastln.cpu import by_address
 
 HALF = (torch.float16, torch.bfloat16)
 FLOATS = (torch.float32, torch.float64) + HALF
@@ -242,9 +243,72 @@ def _unsupported_device(x: Tensor):
     )
 
 
-def forward_impl(x, residual, norm, rows, cols, weight, bias, eps: float, centered: bool):
+# ---------------------------------------------------------------------------------------
+# The common case by address: CPU, float32/float64, contiguous, row kernels
+# ---------------------------------------------------------------------------------------
+#: Length-0 arrays whose dtypes tell the address kernels what the buffers hold:
+#: (data, statistics) per torch dtype.
+_WITNESS = {
+    torch.float32: (np.empty(0, np.float32), np.empty(0, np.float32)),
+    torch.float64: (np.empty(0, np.float64), np.empty(0, np.float64)),
+}
+
+
+def _direct(x: Tensor, *others) -> bool:
+    """True when the address kernels can read every tensor as it is: CPU, float32/64,
+    contiguous, others (absent or) of x's dtype."""
+    dt = x.dtype
+    if dt not in _WITNESS or not x.is_cpu or not x.is_contiguous():
+        return False
+    for t in others:
+        if t is not None and (t.dtype != dt or not t.is_contiguous()):
+            return False
+    return True
+
+
+def _out_like(x: Tensor, nbytes: int) -> Tensor:
+    # torch.empty_like is the cheapest allocation (0.9 us); large outputs get huge pages.
+    return empty(x.shape, x.dtype) if nbytes >= 2 * _HUGE else torch.empty_like(x)
+
+
+def _forward_direct(x, residual, norm, rows, cols, weight, bias, eps, centered, stats):
+    data, stat = _WITNESS[x.dtype]
+    nbytes = rows * cols * x.element_size()
+    y = _out_like(x, nbytes)
+    if residual is not None:
+        h = _out_like(x, nbytes)
+        res_at, h_at = residual.data_ptr(), h.data_ptr()
+    else:
+        h = x.new_empty((0,)) if stats else None
+        res_at = h_at = 0
+    if stats:
+        lead = tuple(x.shape[: x.dim() - len(norm)])
+        sdt = stats_dtype(x.dtype)
+        mean = torch.empty(lead if centered else (0,), dtype=sdt)
+        rstd = torch.empty(lead, dtype=sdt)
+        mean_at, rstd_at = mean.data_ptr(), rstd.data_ptr()
+    else:  # nobody will read them: scratch that dies with the call
+        scratch = np.empty(2 * rows, stat.dtype)
+        mean = rstd = None
+        mean_at = rstd_at = scratch.ctypes.data
+        rstd_at += rows * scratch.itemsize
+    _api._launch(
+        by_address.forward_serial, by_address.forward_parallel, rows == 1, rows, rows * cols,
+        data, stat, x.data_ptr(), res_at,
+        0 if weight is None else weight.data_ptr(), 0 if bias is None else bias.data_ptr(),
+        y.data_ptr(), h_at, mean_at, rstd_at, rows, cols, residual is not None,
+        0 if weight is None else cols, 0 if bias is None else cols, rows if centered else 0,
+        eps, centered,
+    )
+    return y, h, mean, rstd
+
+
+def forward_impl(x, residual, norm, rows, cols, weight, bias, eps: float, centered: bool, stats: bool = True):
     """``(y, residual_out, mean, rstd)``: residual_out is empty without a residual, mean is
-    empty for RMSNorm.  All fresh, contiguous tensors."""
+    empty for RMSNorm.  All fresh, contiguous tensors.  ``stats=False`` (nothing will need
+    a gradient) gives None for mean and rstd, and for an absent residual_out."""
+    if rows and _direct(x, residual, weight, bias) and not _api.use_column_kernels(rows, cols):
+        return _forward_direct(x, residual, norm, rows, cols, weight, bias, eps, centered, stats)
     dev = x.device.type
     if dev != "cpu":
         if dev == "meta":
@@ -297,10 +361,39 @@ def forward_impl(x, residual, norm, rows, cols, weight, bias, eps: float, center
     return y, h, mean, rstd
 
 
+def _backward_direct(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params):
+    data, stat = _WITNESS[h.dtype]
+    gy = as_(grad_y, h.dtype)  # gradients arrive expanded or strided at times
+    gres = None if grad_res is None else as_(grad_res, h.dtype)
+    gx = _out_like(h, rows * cols * h.element_size())
+    n = cols if need_params else 0  # two allocations: a custom op's outputs may not alias
+    dw, db = torch.empty((n,), dtype=h.dtype), torch.empty((n,), dtype=h.dtype)
+    n_chunks, rows_per_chunk = _api.chunking(rows, cols)
+    _api._launch(
+        by_address.backward_serial, by_address.backward_parallel, n_chunks == 1, rows, rows * cols,
+        data, stat, gy.data_ptr(), h.data_ptr(), mean.data_ptr() if centered else 0, rstd.data_ptr(),
+        0 if weight is None else weight.data_ptr(), 0 if gres is None else gres.data_ptr(),
+        gx.data_ptr(), dw.data_ptr(), db.data_ptr(), rows, cols, rows if centered else 0,
+        0 if weight is None else cols, gres is not None, n, n_chunks, rows_per_chunk, centered,
+    )
+    if need_params:
+        return gx, dw.reshape(norm), db.reshape(norm)
+    return gx, dw, db
+
+
 def backward_impl(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params):
     """``(grad_h, grad_weight, grad_bias)`` in the compute dtype; ``grad_h`` includes
     ``grad_res`` (the gradient of residual_out) when given.  Parameter gradients are empty
     unless ``need_params``; ``grad_bias`` never needs the weight."""
+    if (
+        rows
+        and _direct(h, weight)
+        and mean.dtype == rstd.dtype == stats_dtype(h.dtype)
+        and mean.is_contiguous()
+        and rstd.is_contiguous()
+        and not _api.use_column_kernels(rows, cols, backward=True)
+    ):
+        return _backward_direct(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
     dev = h.device.type
     cdt = compute_dtype(h.dtype)
     if dev != "cpu":

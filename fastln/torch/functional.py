@@ -153,17 +153,57 @@ class _NormFunction(torch.autograd.Function):
         return (y, h, mean, rstd), (0, 0 if residual is not None else None, 0 if centered else None, 0)
 
 
+class _EagerNorm(torch.autograd.Function):
+    """Plain eager autograd (no torch.func transform, no forward-mode AD): an old-style
+    Function, whose ``apply`` skips the signature binding torch does for ``setup_context``
+    Functions (~10 us a call), with only ``y`` (and ``residual_out``) as outputs.
+    ``apply(x, residual, weight, bias, norm, rows, cols, eps, centered)``; arguments
+    checked by the caller."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, norm, rows, cols, eps, centered):
+        y, h, mean, rstd = _glue.forward_impl(x, residual, norm, rows, cols, weight, bias, eps, centered)
+        ctx.save_for_backward(h if residual is not None else x, mean, rstd, weight)
+        ctx.args = (norm, rows, cols, eps, centered, residual is not None)
+        ctx.dtypes = (x.dtype, None if residual is None else residual.dtype,
+                      None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        return (y, h) if residual is not None else y
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h=None):
+        h, mean, rstd, weight = ctx.saved_tensors
+        norm, rows, cols, eps, centered, has_residual = ctx.args
+        need_x, need_r, need_w, need_b = ctx.needs_input_grad[:4]
+        need_params = bool(need_w or need_b)
+        gres = grad_h if has_residual else None
+        if torch.is_grad_enabled():  # create_graph=True: differentiable torch ops
+            gx, gw, gb, _ = _composite_grads(grad_y, gres, h, eps, weight, norm, centered, need_params)
+        else:
+            gx, gw, gb = _glue.backward_impl(grad_y, gres, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
+        gx, gr, gw, gb = _ops.cast_grads((need_x, need_r, need_w, need_b), ctx.dtypes, gx, gw, gb)
+        return gx, gr, gw, gb, None, None, None, None, None
+
+
 def _run(x, residual, normalized_shape, weight, bias, eps, centered, fn):
-    """One call of any norm: ``(y, residual_out)``."""
+    """One call of any norm: ``(y, residual_out)``.
+
+    Paths, cheapest first: nothing needs a gradient -> the kernels alone (no statistics
+    kept); plain eager autograd -> :class:`_EagerNorm`; torch.func transforms or forward-mode
+    AD -> :class:`_NormFunction`; compile/export/trace -> the custom op.  All compute with
+    the same kernels, so they agree bitwise."""
     if _traced():
         y, h, _, _ = _ops.forward_op(x, residual, list(normalized_shape), weight, bias, eps, centered)
         return y, h
     norm, rows, cols = _glue.check(x, normalized_shape, weight, bias, residual, centered, fn)
-    if not _needs_grad(x, residual, weight, bias) and not _transforms_active():
-        y, h, _, _ = _glue.forward_impl(x, residual, norm, rows, cols, weight, bias, eps, centered)
+    if _fwad._current_level >= 0 or _transforms_active():
+        y, h, _, _ = _NormFunction.apply(x, residual, normalized_shape, weight, bias, eps, centered)
         return y, h
-    y, h, _, _ = _NormFunction.apply(x, residual, normalized_shape, weight, bias, eps, centered)
-    return y, h
+    if not _needs_grad(x, residual, weight, bias):
+        y, h, _, _ = _glue.forward_impl(x, residual, norm, rows, cols, weight, bias, eps, centered, stats=False)
+        return y, h
+    if residual is not None:
+        return _EagerNorm.apply(x, residual, weight, bias, norm, rows, cols, eps, centered)
+    return _EagerNorm.apply(x, None, weight, bias, norm, rows, cols, eps, centered), None
 
 
 def _input_dtype(x):

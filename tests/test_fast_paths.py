@@ -1,0 +1,164 @@
+"""The bridge's fast paths keep what the slow ones give: the same bits, gradients and errors.
+
+Paths (fastln/torch/functional.py): no-grad (kernels by address, statistics not kept), plain
+eager autograd (_EagerNorm), torch.func/forward-AD (_NormFunction) and the custom op; under
+them the address kernels (CPU float32/64 contiguous) or the NumPy-view kernels (anything
+else).  All must agree bitwise with the NumPy API on the same data.
+"""
+
+import numpy as np
+import pytest
+
+import fastln
+
+torch = pytest.importorskip("torch")
+import fastln.torch as ft  # noqa: E402
+from fastln.torch import _glue  # noqa: E402
+from fastln.torch.functional import _NormFunction  # noqa: E402
+
+SHAPES = [(1, 7), (2, 3), (33, 70), (8, 16, 96), (300, 257), (3, 70000)]
+
+
+def _tensors(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cols = shape[-1]
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) * 2 + 0.5
+    r = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    gy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.randn(cols, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(cols, generator=g, dtype=torch.float64).to(dtype)
+    return x, r, gy, w, b
+
+
+def _numpy_reference(x, r, gy, w, b, centered):
+    """fastln's NumPy API on the same data: y, h, grad_h, grad_w, grad_b."""
+    xn, gyn = x.numpy(), gy.numpy()
+    wn = None if w is None else w.numpy()
+    bn = None if b is None else b.numpy()
+    h = xn if r is None else xn + r.numpy()
+    if centered:
+        y, mean, rstd = fastln.layer_norm_forward(h, None, wn, bn)
+        gh, gw, gb = fastln.layer_norm_backward(gyn, h, mean, rstd, wn)
+    else:
+        y, rstd = fastln.rms_norm_forward(h, None, wn, 1e-5)
+        gh, gw = fastln.rms_norm_backward(gyn, h, rstd, wn)
+        gb = None
+    return y, h, gh, gw, gb
+
+
+def _call(x, r, w, b, centered):
+    n = x.shape[-1:]
+    if r is None:
+        y = ft.layer_norm(x, n, w, b) if centered else ft.rms_norm(x, n, w, 1e-5)
+        return y, None
+    return ft.add_layer_norm(x, r, n, w, b) if centered else ft.add_rms_norm(x, r, n, w, 1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("centered", [True, False], ids=["layer", "rms"])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("affine", ["wb", "w", "none"])
+def test_every_path_gives_the_numpy_apis_bits(shape, dtype, centered, residual, affine):
+    x, r, gy, w, b = _tensors(shape, dtype)
+    r = r if residual else None
+    w = w if affine != "none" else None
+    b = b if affine == "wb" and centered else None
+    y_ref, h_ref, gh_ref, gw_ref, gb_ref = _numpy_reference(x, r, gy, w, b, centered)
+
+    with torch.no_grad():  # no-grad path
+        y, h = _call(x, r, w, b, centered)
+    np.testing.assert_array_equal(y.numpy(), y_ref)
+    if residual:
+        np.testing.assert_array_equal(h.numpy(), h_ref)
+
+    # eager autograd path, every input needing a gradient
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, r, w, b)]
+    y, h = _call(*leaves, centered)
+    np.testing.assert_array_equal(y.detach().numpy(), y_ref)
+    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], gy)
+    got = dict(zip([k for k, t in zip("xrwb", leaves, strict=True) if t is not None], grads, strict=True))
+    np.testing.assert_array_equal(got["x"].numpy(), gh_ref)
+    if residual:
+        np.testing.assert_array_equal(got["r"].numpy(), gh_ref)
+    if w is not None:
+        np.testing.assert_array_equal(got["w"].numpy(), gw_ref)
+    if b is not None:
+        np.testing.assert_array_equal(got["b"].numpy(), gb_ref)
+
+    # the torch.func Function and the custom op: the same bits again
+    eps = 1e-5
+    y2, _, _, _ = _NormFunction.apply(x, r, x.shape[-1:], w, b, eps, centered)
+    y3 = torch.ops.fastln.forward(x, r, list(x.shape[-1:]), w, b, eps, centered)[0]
+    np.testing.assert_array_equal(y2.numpy(), y_ref)
+    np.testing.assert_array_equal(y3.numpy(), y_ref)
+
+
+def test_the_address_kernels_are_the_path_taken_for_plain_float32(monkeypatch):
+    """So that the test above compares two different routes, not one route twice."""
+    hits = []
+    real = _glue._forward_direct
+
+    def spy(*args, **kwargs):
+        hits.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_glue, "_forward_direct", spy)
+    x = torch.randn(4, 8)
+    ft.layer_norm(x, (8,))
+    assert hits == [1]
+    ft.layer_norm(x.t().contiguous().t(), (8,))  # transposed view: the NumPy-view route
+    ft.layer_norm(x.to(torch.bfloat16), (8,))
+    assert hits == [1]
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_fast_paths_raise_what_the_checks_raise(grad):
+    x = torch.randn(4, 8, requires_grad=grad)
+    with pytest.raises(RuntimeError, match=r"Given normalized_shape=\[7\]"):
+        ft.layer_norm(x, (7,))
+    with pytest.raises(RuntimeError, match="weight"):
+        ft.layer_norm(x, (8,), torch.ones(7))
+    with pytest.raises(RuntimeError, match="mixed dtype"):
+        ft.layer_norm(x, (8,), torch.ones(8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="residual"):
+        ft.add_rms_norm(x, torch.ones(4, 7), (8,))
+    with pytest.raises(TypeError, match="eps"):
+        ft.layer_norm(x, (8,), eps="small")
+
+
+def test_no_grad_path_does_not_build_a_graph_and_grad_path_does():
+    x = torch.randn(3, 5, requires_grad=True)
+    with torch.no_grad():
+        assert ft.layer_norm(x, (5,)).grad_fn is None
+    y = ft.layer_norm(x, (5,))
+    assert y.grad_fn is not None and y.requires_grad
+    y2, h = ft.add_layer_norm(x, torch.randn(3, 5), (5,))
+    assert y2.grad_fn is not None and h.grad_fn is not None
+
+
+def test_gradients_flow_through_residual_out_too():
+    """h = x + r is an output of its own: gradients reaching it add into x's and r's."""
+    x, r, gy, w, _ = _tensors((6, 10), torch.float64)
+    x.requires_grad_()
+    r.requires_grad_()
+    y, h = ft.add_rms_norm(x, r, (10,), w, 1e-6)
+    gh = torch.randn(6, 10, dtype=torch.float64)
+    gx, gr = torch.autograd.grad((y, h), (x, r), (gy, gh))
+    xe, re = x.detach().clone().requires_grad_(), r.detach().clone().requires_grad_()
+    he = xe + re
+    ye = torch.nn.functional.rms_norm(he, (10,), w, 1e-6)
+    ex, er = torch.autograd.grad((ye, he), (xe, re), (gy, gh))
+    torch.testing.assert_close(gx, ex)
+    torch.testing.assert_close(gr, er)
+
+
+def test_expanded_gradients_are_read_correctly():
+    """``y.sum().backward()`` hands backward an expanded (stride-0) gradient."""
+    x = torch.randn(5, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    ft.layer_norm(x, (9,), w).sum().backward()
+    xe, we = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    torch.nn.functional.layer_norm(xe, (9,), we).sum().backward()
+    torch.testing.assert_close(x.grad, xe.grad)
+    torch.testing.assert_close(w.grad, we.grad)

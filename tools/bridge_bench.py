@@ -1,0 +1,247 @@
+"""fastln.torch against torch where users meet it: calls, modules, whole training steps.
+
+    python tools/bridge_bench.py [--rounds 15] [--json out.json] [--only calls,models,pair]
+
+- **calls**: ``ft.layer_norm`` vs ``F.layer_norm`` and ``ft.LayerNorm`` vs ``nn.LayerNorm``,
+  float32 with affine, no_grad forward and forward+backward (autograd.grad of x, w, b).
+- **models**: norms swapped with ``replace_layer_norms`` in a copy of the same model, same
+  weights; a training step (forward, backward, SGD step) and a no_grad forward:
+  an MLP of four ``Linear(512) -> LayerNorm -> GELU`` on a batch of 64; a 4-layer pre-norm
+  ``TransformerEncoder`` (d=256, 4 heads, batch 8x128); and a LayerNorm-heavy block a real
+  user has, BERT's embedding layer (word + position + type embeddings, LayerNorm, dropout;
+  batch 32x512, d=768), where the norm is most of the work.
+- **pair**: a torch op then a fastln op at 512x768, alternating, against the two alone.
+
+Times are medians of interleaved bursts (``fastln.bench``): torch and fastln measured side by
+side, rounds spoiled by the machine dropped; ratios are torch time / fastln time with the
+[min-max] of the per-round ratio over kept rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import fastln  # noqa: E402
+import fastln.torch as ft  # noqa: E402
+from fastln import bench  # noqa: E402
+
+CALL_SHAPES = [(2, 3), (32, 20, 20), (1, 128, 768), (8, 128, 768), (16, 1024, 768)]
+
+
+def side_by_side(fns: dict, rounds: int) -> dict:
+    samples = bench.interleaved_samples(fns, rounds)
+    keep = bench.kept_rounds(samples)
+    kept = {k: v[keep] for k, v in samples.items()}
+    out = {k: float(np.median(v)) for k, v in kept.items()}
+    out["rounds_kept"] = int(keep.sum())
+    return out, kept
+
+
+def ratio(kept, base, other):
+    r = kept[base] / kept[other]
+    return float(np.median(r)), float(r.min()), float(r.max())
+
+
+def calls(rounds):
+    rows = []
+    for shape in CALL_SHAPES:
+        rows.extend(_call_case(shape, rounds))
+    return rows
+
+
+def _call_case(shape, rounds):
+    rows = []
+    norm = shape[-1:]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    gy = torch.randn(shape, generator=g)
+    mods = {"torch": nn.LayerNorm(norm), "fastln": ft.LayerNorm(norm)}
+    with torch.no_grad():
+        for m in mods.values():
+            m.weight.copy_(torch.randn(norm, generator=g.manual_seed(1)))
+            m.bias.copy_(torch.randn(norm, generator=g.manual_seed(2)))
+    w, b = mods["torch"].weight, mods["torch"].bias
+    xg = x.clone().requires_grad_()
+    fn = {"torch": F.layer_norm, "fastln": ft.layer_norm}
+
+    def nograd(f):
+        def run():
+            with torch.no_grad():
+                f(x, norm, w, b)
+        return run
+
+    def fwdbwd(f):
+        return lambda: torch.autograd.grad(f(xg, norm, w, b), (xg, w, b), gy)
+
+    def mod_nograd(m):
+        def run():
+            with torch.no_grad():
+                m(x)
+        return run
+
+    def mod_fwdbwd(m):
+        return lambda: torch.autograd.grad(m(xg), (xg, m.weight, m.bias), gy)
+
+    for what, make, src in (("functional no_grad", nograd, fn), ("functional fwd+bwd", fwdbwd, fn),
+                            ("module no_grad", mod_nograd, mods), ("module fwd+bwd", mod_fwdbwd, mods)):
+        med, kept = side_by_side({k: make(v) for k, v in src.items()}, rounds)
+        r = ratio(kept, "torch", "fastln")
+        rows.append({"case": "x".join(map(str, shape)), "what": what, "torch_us": med["torch"] * 1e6,
+                     "fastln_us": med["fastln"] * 1e6, "speedup": r[0], "spread": r[1:],
+                     "rounds_kept": med["rounds_kept"]})
+        print(f"| {rows[-1]['case']} | {what} | {rows[-1]['torch_us']:.1f} us | {rows[-1]['fastln_us']:.1f} us "
+              f"| {r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}] |", flush=True)
+    return rows
+
+
+class MLP(nn.Module):
+    def __init__(self, d=512, depth=4):
+        super().__init__()
+        self.layers = nn.Sequential(*[nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d), nn.GELU()) for _ in range(depth)])
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class BertEmbeddings(nn.Module):
+    """transformers' BertEmbeddings, as it computes (absolute positions, token types)."""
+
+    def __init__(self, vocab=30522, d=768, max_pos=512):
+        super().__init__()
+        self.word = nn.Embedding(vocab, d)
+        self.position = nn.Embedding(max_pos, d)
+        self.token_type = nn.Embedding(2, d)
+        self.LayerNorm = nn.LayerNorm(d, eps=1e-12)
+        self.dropout = nn.Dropout(0.1)
+
+    def forward(self, ids):
+        pos = torch.arange(ids.shape[1]).unsqueeze(0)
+        h = self.word(ids) + self.position(pos) + self.token_type(torch.zeros_like(ids))
+        return self.dropout(self.LayerNorm(h))
+
+
+def _models():
+    g = torch.Generator().manual_seed(0)
+    enc = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(256, 4, 1024, dropout=0.0, batch_first=True, norm_first=True),
+        num_layers=4, enable_nested_tensor=False)
+    return [
+        ("MLP 4x(Linear(512)+LN+GELU), batch 64", MLP(), torch.randn(64, 512, generator=g)),
+        ("pre-norm TransformerEncoder d=256 x4, 8x128", enc, torch.randn(8, 128, 256, generator=g)),
+        ("BERT embeddings + LayerNorm, 32x512 d=768", BertEmbeddings(),
+         torch.randint(0, 30522, (32, 512), generator=g)),
+    ]
+
+
+def models(rounds):
+    rows = []
+    for name, model, inp in _models():
+        rows.extend(_model_case(name, model, inp, rounds))
+    return rows
+
+
+def _model_case(name, model, inp, rounds):
+    rows = []
+    torch.manual_seed(0)
+    fast = ft.replace_layer_norms(copy.deepcopy(model))
+
+    def step(m):
+        opt = torch.optim.SGD(m.parameters(), lr=1e-4)
+
+        def run():
+            out = m(inp)
+            out.float().pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run
+
+    def infer(m):
+        def run():
+            with torch.no_grad():
+                m(inp)
+        return run
+
+    for what, make in (("training step", step), ("no_grad forward", infer)):
+        model.train(what == "training step")
+        fast.train(what == "training step")
+        med, kept = side_by_side({"torch": make(model), "fastln": make(fast)}, rounds)
+        r = ratio(kept, "torch", "fastln")
+        rows.append({"case": name, "what": what, "torch_us": med["torch"] * 1e6,
+                     "fastln_us": med["fastln"] * 1e6, "speedup": r[0], "spread": r[1:],
+                     "rounds_kept": med["rounds_kept"]})
+        print(f"| {name} | {what} | {med['torch'] * 1e3:.2f} ms | {med['fastln'] * 1e3:.2f} ms "
+              f"| {r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}] |", flush=True)
+    return rows
+
+
+def pair(rounds):
+    """torch op, then fastln op, alternating, against each alone (no warm-up between them:
+    the pair runs as a user's loop would run it)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 768, generator=g)
+    w, b = torch.randn(768, generator=g), torch.randn(768, generator=g)
+    xn, wn, bn = x.numpy(), w.numpy(), b.numpy()
+    n = [768]
+
+    def torch_op():
+        torch.ops.aten.native_layer_norm(x, n, w, b, 1e-5)
+
+    def fastln_torch():
+        with torch.no_grad():
+            ft.layer_norm(x, n, w, b)
+
+    def fastln_numpy():
+        fastln.layer_norm(xn, None, wn, bn)
+
+    rows = []
+    for label, fl in (("fastln.torch", fastln_torch), ("fastln NumPy API", fastln_numpy)):
+        def both(fl=fl):
+            torch_op()
+            fl()
+        med, kept = side_by_side({"torch alone": torch_op, "fastln alone": fl, "pair": both}, rounds)
+        alone = kept["torch alone"] + kept["fastln alone"]
+        r = kept["pair"] / alone
+        rows.append({"case": f"aten.native_layer_norm then {label}, 512x768", "torch_alone_us": med["torch alone"] * 1e6,
+                     "fastln_alone_us": med["fastln alone"] * 1e6, "pair_us": med["pair"] * 1e6,
+                     "pair_over_sum": float(np.median(r)), "spread": [float(r.min()), float(r.max())]})
+        print(f"| {rows[-1]['case']} | {med['torch alone'] * 1e6:.1f} us | {med['fastln alone'] * 1e6:.1f} us | "
+              f"{med['pair'] * 1e6:.1f} us | {np.median(r):.2f} [{r.min():.2f}-{r.max():.2f}] |", flush=True)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--json", default=None)
+    p.add_argument("--only", default="calls,models,pair")
+    a = p.parse_args(argv)
+    torch.set_num_threads(numba.get_num_threads())
+    out = {"machine": bench.machine_info()}
+    parts = a.only.split(",")
+    if "calls" in parts:
+        print("| shape | what | torch | fastln | speedup [min-max] |\n|---|---|---|---|---|")
+        out["calls"] = calls(a.rounds)
+    if "models" in parts:
+        print("| model | what | torch | fastln | speedup [min-max] |\n|---|---|---|---|---|")
+        out["models"] = models(a.rounds)
+    if "pair" in parts:
+        print("| pair | torch alone | fastln alone | pair | pair / (sum alone) [min-max] |\n|---|---|---|---|---|")
+        out["pair"] = pair(a.rounds)
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
