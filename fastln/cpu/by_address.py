@@ -9,7 +9,8 @@ buffer's dtype) is all they are given.
 
 The caller guarantees what the NumPy fronts check: C-contiguous buffers of ``rows * cols``
 (or ``cols``, ``rows``) elements of the witness's dtype that stay alive during the call; a
-count of 0 marks an absent buffer (the address is then never read).  The loops are the row
+count of 0 marks an absent buffer (the address is then never read).  A forward given no
+address for ``rstd`` keeps its statistics in scratch of its own (nobody will read them).  The loops are the row
 kernels' own (:mod:`.kernels`), so results are bitwise the same as through the NumPy API.
 """
 
@@ -55,8 +56,8 @@ def _forward_arrays(data, stat, x_at, res_at, w_at, b_at, y_at, h_at, mean_at, r
         _vector(b_at, data, n_b),
         _matrix(y_at, data, rows, cols),
         _matrix(h_at, data, rows if has_res else 0, cols),
-        _vector(mean_at, stat, n_mean),
-        _vector(rstd_at, stat, rows),
+        _vector(mean_at, stat, n_mean) if rstd_at != 0 else np.empty(n_mean, stat.dtype),
+        _vector(rstd_at, stat, rows) if rstd_at != 0 else np.empty(rows, stat.dtype),
     )
 
 

@@ -279,7 +279,7 @@ def _forward_direct(x, residual, norm, rows, cols, weight, bias, eps, centered, 
         h = _out_like(x, nbytes)
         res_at, h_at = residual.data_ptr(), h.data_ptr()
     else:
-        h = x.new_empty((0,)) if stats else None
+        h = x.new_empty((0,)) if stats == "op" else None  # a custom op must return tensors
         res_at = h_at = 0
     if stats:
         lead = tuple(x.shape[: x.dim() - len(norm)])
@@ -287,11 +287,9 @@ def _forward_direct(x, residual, norm, rows, cols, weight, bias, eps, centered, 
         mean = torch.empty(lead if centered else (0,), dtype=sdt)
         rstd = torch.empty(lead, dtype=sdt)
         mean_at, rstd_at = mean.data_ptr(), rstd.data_ptr()
-    else:  # nobody will read them: scratch that dies with the call
-        scratch = np.empty(2 * rows, stat.dtype)
+    else:  # nobody will read them: the kernel keeps them in scratch of its own
         mean = rstd = None
-        mean_at = rstd_at = scratch.ctypes.data
-        rstd_at += rows * scratch.itemsize
+        mean_at = rstd_at = 0
     _api._launch(
         by_address.forward_serial, by_address.forward_parallel, rows == 1, rows, rows * cols,
         data, stat, x.data_ptr(), res_at,
@@ -303,10 +301,11 @@ def _forward_direct(x, residual, norm, rows, cols, weight, bias, eps, centered, 
     return y, h, mean, rstd
 
 
-def forward_impl(x, residual, norm, rows, cols, weight, bias, eps: float, centered: bool, stats: bool = True):
+def forward_impl(x, residual, norm, rows, cols, weight, bias, eps: float, centered: bool, stats="op"):
     """``(y, residual_out, mean, rstd)``: residual_out is empty without a residual, mean is
-    empty for RMSNorm.  All fresh, contiguous tensors.  ``stats=False`` (nothing will need
-    a gradient) gives None for mean and rstd, and for an absent residual_out."""
+    empty for RMSNorm.  All fresh, contiguous tensors.  ``stats="eager"`` may give None for
+    an absent residual_out (the custom op, ``"op"``, may not); ``stats=False`` (nothing
+    will need a gradient) also gives None for mean and rstd."""
     if rows and _direct(x, residual, weight, bias) and not _api.use_column_kernels(rows, cols):
         return _forward_direct(x, residual, norm, rows, cols, weight, bias, eps, centered, stats)
     dev = x.device.type

@@ -26,16 +26,9 @@ _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambd
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
-def _traced() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
-def _needs_grad(*tensors) -> bool:
-    if _fwad._current_level >= 0:  # inside forward-mode AD: the Function carries the jvp
-        return True
-    if not torch.is_grad_enabled():
-        return False
-    return any(t is not None and getattr(t, "requires_grad", False) for t in tensors)
+_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch._C._is_tracing
+_grad_enabled = torch.is_grad_enabled
 
 
 def _composite_grads(gy, gres, h, eps, weight, norm, centered, need_params):
@@ -162,7 +155,7 @@ class _EagerNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, residual, weight, bias, norm, rows, cols, eps, centered):
-        y, h, mean, rstd = _glue.forward_impl(x, residual, norm, rows, cols, weight, bias, eps, centered)
+        y, h, mean, rstd = _glue.forward_impl(x, residual, norm, rows, cols, weight, bias, eps, centered, "eager")
         ctx.save_for_backward(h if residual is not None else x, mean, rstd, weight)
         ctx.args = (norm, rows, cols, eps, centered, residual is not None)
         ctx.dtypes = (x.dtype, None if residual is None else residual.dtype,
@@ -191,14 +184,16 @@ def _run(x, residual, normalized_shape, weight, bias, eps, centered, fn):
     kept); plain eager autograd -> :class:`_EagerNorm`; torch.func transforms or forward-mode
     AD -> :class:`_NormFunction`; compile/export/trace -> the custom op.  All compute with
     the same kernels, so they agree bitwise."""
-    if _traced():
+    if _is_compiling() or _is_tracing():
         y, h, _, _ = _ops.forward_op(x, residual, list(normalized_shape), weight, bias, eps, centered)
         return y, h
     norm, rows, cols = _glue.check(x, normalized_shape, weight, bias, residual, centered, fn)
     if _fwad._current_level >= 0 or _transforms_active():
         y, h, _, _ = _NormFunction.apply(x, residual, normalized_shape, weight, bias, eps, centered)
         return y, h
-    if not _needs_grad(x, residual, weight, bias):
+    if not (_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
+                                 or (bias is not None and bias.requires_grad)
+                                 or (residual is not None and residual.requires_grad))):
         y, h, _, _ = _glue.forward_impl(x, residual, norm, rows, cols, weight, bias, eps, centered, stats=False)
         return y, h
     if residual is not None:
