@@ -219,6 +219,9 @@ def _torch_compile(case, x, w, b, gy, r):
         "add_layer_norm": lambda a, c: (lambda h: (F.layer_norm(h, n, wt, bt, EPS), h))(a + c),
         "add_rms_norm": lambda a, c: (lambda h: (F.rms_norm(h, n, wt, EPS), h))(a + c),
     }[case.norm]
+    # One case at a time: a fresh dynamo state, or the lambdas (one code object) would hit
+    # the recompile limit after 8 shapes and silently run eagerly.
+    torch._dynamo.reset()
     compiled = torch.compile(fn, dynamic=False)
     return {"torch.compile": lambda: compiled(xt, rt)}
 
