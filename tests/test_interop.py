@@ -56,3 +56,24 @@ def test_jax_bfloat16_is_a_clear_error_naming_the_library():
     jnp = pytest.importorskip("jax.numpy")
     with pytest.raises(TypeError, match="jax"):
         fastln.layer_norm(jnp.ones((2, 3), jnp.bfloat16))
+
+
+class _FakeDeviceArray:
+    """A DLPack producer on a device fastln cannot read (ROCm), without the CUDA Array Interface."""
+
+    __module__ = "fakelib.core"
+
+    def __dlpack__(self, **kwargs):
+        raise AssertionError("must not be read")
+
+    def __dlpack_device__(self):
+        return (10, 1)  # kDLROCM, device 1
+
+
+def test_unsupported_dlpack_device_is_a_clear_error_naming_library_and_device(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "fakelib", types.ModuleType("fakelib"))
+    with pytest.raises(TypeError, match=r"fakelib array on DLPack device \(10, 1\)"):
+        fastln.layer_norm(_FakeDeviceArray())

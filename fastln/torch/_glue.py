@@ -8,8 +8,11 @@ unsupported dtypes ``NotImplementedError`` (also a ``TypeError``), mixed paramet
 and devices ``RuntimeError``, wrong argument types ``TypeError``.
 
 Outputs are always contiguous (the fake kernels say so too).  On the CPU they are allocated
-by torch, large ones advised onto huge pages (:func:`empty`), and the kernels see every
-tensor as a zero-copy NumPy view (:func:`view`).
+by torch, large ones advised onto huge pages (:func:`empty`).  Contiguous float32/float64
+tensors on the row kernels are handed to the kernels by address (``Tensor.data_ptr()``,
+:mod:`fastln.cpu.by_address`): a NumPy view costs about a microsecond a tensor, more than
+the kernel on a small input.  Everything else (half types, strided inputs, very wide rows)
+is seen as zero-copy NumPy views (:func:`view`).
 """
 
 from __future__ import annotations
