@@ -131,3 +131,34 @@ def test_bfloat16_model_keeps_each_models_casting_order(name):
         want = model(ids).logits.float()
         got = fast(ids).logits.float()
     assert (got - want).abs().max() <= 0.05 * want.abs().max()
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_layer_norm_models_match_with_norms_swapped(name):
+    """LayerNorm clients: BERT (post-norm, eps 1e-12) and GPT-2 (pre-norm), forward and grads."""
+    torch.manual_seed(0)
+    if name == "bert":
+        cfg = transformers.BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=128, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0)
+        model = transformers.BertForMaskedLM(cfg)
+    else:
+        cfg = transformers.GPT2Config(vocab_size=97, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = transformers.GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.add_(0.3 * torch.randn_like(m.weight))
+                m.bias.add_(0.1 * torch.randn_like(m.bias))
+    fast = copy.deepcopy(model)
+    _, count = replace_norms(fast, return_count=True)
+    assert count == sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules()) > 0
+    ids = torch.randint(0, 97, (2, 13), generator=torch.Generator().manual_seed(1))
+    want = model(ids, labels=ids)
+    got = fast(ids, labels=ids)
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
+    want.loss.backward()
+    got.loss.backward()
+    for (n1, p1), (_, p2) in zip(model.named_parameters(), fast.named_parameters(), strict=True):
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-4, atol=1e-5, msg=n1)
