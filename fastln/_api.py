@@ -159,6 +159,24 @@ def run_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw, db):
     )
 
 
+def run_backward_bf16(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db):
+    """Backward on bfloat16 bits (uint16 rows), converted in the kernel (no checks); row
+    kernels only (callers check :func:`use_column_kernels` first).  float32 ``w``, ``mean``,
+    ``rstd``, ``dw``, ``db``; chunked like :func:`run_backward`, so bitwise the same as it on
+    the upcast data."""
+    rows, cols = xu.shape
+    if rows == 0:
+        dw[:] = 0
+        db[:] = 0
+        return
+    n_chunks, rows_per_chunk = chunking(rows, cols)
+    dw_part, db_part = np.zeros((2, n_chunks, dw.shape[0]))
+    _launch(
+        cpu.backward_bf16_serial, cpu.backward_bf16_parallel, n_chunks == 1, rows, xu.size,
+        gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, dw, db, rows_per_chunk,
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # The shared pipeline
 # ---------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ pipeline around it (:mod:`.kernels`, :mod:`._rows`) is shared."""
 
 from fastln.cpu.kernels import (  # noqa: F401
     BF16_CHUNK_ROWS,
+    backward_bf16_parallel,
+    backward_bf16_serial,
     backward_cols_parallel,
     backward_cols_serial,
     backward_parallel,

@@ -162,6 +162,45 @@ def _forward_bf16(xu, ru, w, b, eps, centered, yu, hu, mean, rstd):
             rstd[i] = r
 
 
+def _backward_bf16(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, dw, db, rows_per_chunk):
+    """bfloat16 backward (uint16 bits): each row of x, dy (and the residual_out gradient)
+    widened into float32 buffers in cache, the float32 row kernel's arithmetic run on them
+    (:func:`_backward_chunk`'s steps, in the same chunks), gx rounded once to bfloat16.
+    Bitwise what upcasting the tensors to float32 and rounding gx gives, without the copies.
+    ``w``, ``mean``, ``rstd``, ``dw``, ``db`` are float32."""
+    rows, cols = xu.shape
+    has_gres = gresu.shape[0] != 0
+    n = dw_part.shape[1]
+    inv_c = 1.0 / cols
+    cast = np.float32
+    for c in prange(dw_part.shape[0]):
+        xf = np.empty(cols, np.float32)
+        gf = np.empty(cols, np.float32)
+        gxf = np.empty(cols, np.float32)
+        rf = np.empty(cols if has_gres else 0, np.float32)
+        acc_w = np.zeros(n, np.float32)
+        acc_b = np.zeros(n, np.float32)
+        start = c * rows_per_chunk
+        stop = min(start + rows_per_chunk, rows)
+        for i in range(start, stop):
+            bf16_to_f32(xu[i], xf)
+            bf16_to_f32(gyu[i], gf)
+            m = cast(mean[i]) if centered else cast(0.0)
+            r = np.float64(rstd[i])
+            s_d, s_g, s_gd = backward_row_sums(xf, gf, w, m)
+            corr, c1, c2 = _coefficients(s_d, s_g, s_gd, r, inv_c, centered)
+            backward_sweep(xf, gf, gxf, m, cast(corr), cast(r), cast(c1), cast(c2), w, acc_w, acc_b)
+            if has_gres:
+                bf16_to_f32(gresu[i], rf)
+                add_into(gxf, rf)
+            f32_to_bf16(gxf, gxu[i])
+            if n != 0 and ((i - start + 1) % FLUSH_ROWS == 0 or i == stop - 1):
+                flush(acc_w, dw_part[c])
+                flush(acc_b, db_part[c])
+    if dw.shape[0] != 0:
+        reduce_partials(dw_part, db_part, dw, db)
+
+
 # ---------------------------------------------------------------------------------------
 # Column kernels: few, very wide rows
 # ---------------------------------------------------------------------------------------
@@ -283,5 +322,6 @@ def _backward_cols(gy, x, mean, rstd, w, centered, gres, gx, dw, db):
 forward_parallel, forward_serial = _jit.twins(_forward_rows)
 backward_parallel, backward_serial = _jit.twins(_backward_rows)
 forward_bf16_parallel, forward_bf16_serial = _jit.twins(_forward_bf16)
+backward_bf16_parallel, backward_bf16_serial = _jit.twins(_backward_bf16)
 forward_cols_parallel, forward_cols_serial = _jit.twins(_forward_cols)
 backward_cols_parallel, backward_cols_serial = _jit.twins(_backward_cols)

@@ -383,10 +383,35 @@ def _backward_direct(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, 
     return gx, dw, db
 
 
+def _backward_bf16(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params):
+    """bfloat16 on the row kernels: converted row by row in the kernel, no float32 copies."""
+    hc = as_(h, torch.bfloat16)
+    gy = as_(grad_y, torch.bfloat16)
+    gx = empty(hc.shape, torch.bfloat16)
+    n = cols if need_params else 0
+    dw, db = torch.empty((n,), dtype=torch.float32), torch.empty((n,), dtype=torch.float32)
+    _api.run_backward_bf16(
+        bits(gy, rows, cols), bits(hc, rows, cols),
+        view(as_(mean, torch.float32)).reshape(-1), view(as_(rstd, torch.float32)).reshape(rows),
+        param(weight, cols, torch.float32), centered,
+        bits(as_(grad_res, torch.bfloat16), rows, cols) if grad_res is not None else np.empty((0, 0), np.uint16),
+        bits(gx, rows, cols), view(dw), view(db),
+    )
+    if need_params:
+        return gx, dw.reshape(norm), db.reshape(norm)
+    return gx, dw, db
+
+
 def backward_impl(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params):
-    """``(grad_h, grad_weight, grad_bias)`` in the compute dtype; ``grad_h`` includes
-    ``grad_res`` (the gradient of residual_out) when given.  Parameter gradients are empty
-    unless ``need_params``; ``grad_bias`` never needs the weight."""
+    """``(grad_h, grad_weight, grad_bias)``: ``grad_h`` in ``h``'s dtype, the parameter
+    gradients in the compute dtype.  ``grad_h`` includes ``grad_res`` (the gradient of
+    residual_out) when given.  Parameter gradients are empty unless ``need_params``;
+    ``grad_bias`` never needs the weight."""
+    gx, dw, db = _backward_any(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
+    return (gx if gx.dtype == h.dtype else gx.to(h.dtype)), dw, db
+
+
+def _backward_any(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params):
     if (
         rows
         and _direct(h, weight)
@@ -396,6 +421,14 @@ def backward_impl(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, cen
         and not _api.use_column_kernels(rows, cols, backward=True)
     ):
         return _backward_direct(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
+    if (
+        rows
+        and h.dtype == torch.bfloat16
+        and h.is_cpu
+        and (grad_res is None or grad_res.dtype == torch.bfloat16)
+        and not _api.use_column_kernels(rows, cols, backward=True)
+    ):
+        return _backward_bf16(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
     dev = h.device.type
     cdt = compute_dtype(h.dtype)
     if dev != "cpu":

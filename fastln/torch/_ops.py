@@ -5,7 +5,8 @@ TorchScript see.
     -> ``(y, residual_out, mean, rstd)``; residual_out is empty without a residual and
     mean is empty for RMSNorm (``centered=False``).
 ``fastln::backward(grad_y, grad_residual_out?, h, mean, rstd, weight?, normalized_shape,
-    centered, need_params)`` -> ``(grad_h, grad_weight, grad_bias)`` in the compute dtype.
+    centered, need_params)`` -> ``(grad_h, grad_weight, grad_bias)``: grad_h in h's dtype,
+    the parameter gradients in the compute dtype (float32 for half types).
 
 Fake kernels return contiguous tensors of the same shapes and dtypes as the real ones
 (``torch.library.opcheck`` tests both on many layouts).  The autograd formula casts the
@@ -66,7 +67,7 @@ def backward_op(
 def _backward_fake(grad_y, grad_residual, h, mean, rstd, weight, normalized_shape, centered, need_params):
     cdt = _glue.compute_dtype(h.dtype)
     pshape = tuple(normalized_shape) if need_params else (0,)
-    return h.new_empty(h.shape, dtype=cdt), h.new_empty(pshape, dtype=cdt), h.new_empty(pshape, dtype=cdt)
+    return h.new_empty(h.shape), h.new_empty(pshape, dtype=cdt), h.new_empty(pshape, dtype=cdt)
 
 
 def _setup_context(ctx, inputs, output):
