@@ -53,7 +53,7 @@ def is_dask_array(a) -> bool:
     return type(a).__module__.startswith("dask.array") and type(a).__name__ == "Array"
 
 
-def _small(a, name):
+def _small(a):
     """A parameter as NumPy (computed once if it is a Dask array)."""
     if is_dask_array(a):
         return np.asarray(a.compute())
@@ -94,7 +94,7 @@ def call(fn_name: str, *args, **kwargs):
 
     # Checks, with the NumPy front's own code: the layout from the real shape, the rest from a
     # probe row of the same dtype and trailing shape (raises here, at graph-building time).
-    params = {k: _small(v, k) for k, v in bound.items() if k not in _ROWWISE}
+    params = {k: _small(v) for k, v in bound.items() if k not in _ROWWISE}
     ns = params.get("normalized_shape")
     if ns is None and fn_name.endswith("_backward") and params.get("weight") is not None:
         ns = np.shape(params["weight"]) or None
