@@ -119,7 +119,7 @@ def call(fn_name: str, *args, **kwargs):
     for name in ("mean", "rstd"):
         if name in probe:
             probe[name] = probe[name] + 1
-    getattr(_api, fn_name)(**probe, **params)
+    probe_out = getattr(_api, fn_name)(**probe, **params)  # raises what the NumPy front raises
 
     # Rows whole in one block; everything row-aligned chunked like x.
     x = rowwise["x"].rechunk({nlead + i: -1 for i in range(len(lay.norm_shape))})
@@ -139,7 +139,6 @@ def call(fn_name: str, *args, **kwargs):
         results[idx] = task(fn_name, named, params)
 
     # The dtypes and None-ness of the outputs: the probe's.
-    probe_out = getattr(_api, fn_name)(**probe, **params)
     probe_out = probe_out if isinstance(probe_out, tuple) else (probe_out,)
     outs = []
     for k, (kind, like) in enumerate(zip(kinds, probe_out, strict=True)):
