@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastln import _checks, _config, _threading, cpu
+from fastln.dask import is_dask_array
 
 
 class Norm(NamedTuple):
@@ -47,7 +48,7 @@ def _route(*arrays):
     for a in arrays:
         if a is None or type(a) is np.ndarray:
             continue
-        if type(a).__module__.startswith("dask.array") and type(a).__name__ == "Array":
+        if is_dask_array(a):
             return "dask"
         if _checks.is_device_array(a):
             return "cuda"
@@ -65,7 +66,7 @@ def _cuda():
 
 def _elsewhere(where, fn_name, *args, **kwargs):
     if where == "dask":
-        from fastln import dask  # imports dask only now
+        from fastln import dask  # the dask package itself is imported inside call()
 
         return dask.call(fn_name, *args, **kwargs)
     if where == "cuda":
@@ -151,10 +152,16 @@ def run_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw, db):
         _launch(cpu.backward_cols_serial, cpu.backward_cols_parallel, False, rows, x2.size,
                 gy2, x2, mean, rstd, w, centered, gres, gx, dw, db)
         return
+    _launch_chunked(cpu.backward_serial, cpu.backward_parallel, gy2, x2, mean, rstd, w, centered, gres, gx, dw, db)
+
+
+def _launch_chunked(serial, parallel, gy2, x2, mean, rstd, w, centered, gres, gx, dw, db):
+    """A row backward kernel over the chunks of :func:`chunking`, with float64 partials."""
+    rows, cols = x2.shape
     n_chunks, rows_per_chunk = chunking(rows, cols)
     dw_part, db_part = np.zeros((2, n_chunks, dw.shape[0]))  # one allocation, two views
     _launch(
-        cpu.backward_serial, cpu.backward_parallel, n_chunks == 1, rows, x2.size,
+        serial, parallel, n_chunks == 1, rows, x2.size,
         gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, rows_per_chunk,
     )
 
@@ -164,17 +171,11 @@ def run_backward_bf16(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db):
     kernels only (callers check :func:`use_column_kernels` first).  float32 ``w``, ``mean``,
     ``rstd``, ``dw``, ``db``; chunked like :func:`run_backward`, so bitwise the same as it on
     the upcast data."""
-    rows, cols = xu.shape
-    if rows == 0:
+    if xu.shape[0] == 0:
         dw[:] = 0
         db[:] = 0
         return
-    n_chunks, rows_per_chunk = chunking(rows, cols)
-    dw_part, db_part = np.zeros((2, n_chunks, dw.shape[0]))
-    _launch(
-        cpu.backward_bf16_serial, cpu.backward_bf16_parallel, n_chunks == 1, rows, xu.size,
-        gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, dw, db, rows_per_chunk,
-    )
+    _launch_chunked(cpu.backward_bf16_serial, cpu.backward_bf16_parallel, gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db)
 
 
 # ---------------------------------------------------------------------------------------

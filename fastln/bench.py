@@ -368,11 +368,12 @@ def kept_rounds(samples: dict[str, np.ndarray]) -> np.ndarray:
     return keep
 
 
-def interleaved_medians(fns: dict[str, Callable], rounds: int) -> dict[str, float]:
-    """Median seconds per call over the kept interleaved rounds (see ``interleaved_samples``)."""
+def kept_samples(fns: dict[str, Callable], rounds: int) -> tuple[dict[str, np.ndarray], int]:
+    """Interleaved samples of every function with the spoiled rounds dropped for all of them:
+    ``({name: seconds per call over the kept rounds}, number of rounds kept)``."""
     samples = interleaved_samples(fns, rounds)
     keep = kept_rounds(samples)
-    return {k: float(np.median(v[keep])) for k, v in samples.items()}
+    return {k: v[keep] for k, v in samples.items()}, int(keep.sum())
 
 
 def loaded() -> tuple[float, bool]:
@@ -473,11 +474,9 @@ def measure(case: Case, fns: dict[str, Callable], rounds: int) -> list[Row]:
     """Rows for one case: interleaved rounds, spoiled rounds dropped, re-measured once if noisy."""
     for _ in range(2):  # a noisy first attempt gets one more
         load, busy = loaded()
-        samples = interleaved_samples(fns, rounds)
-        keep = kept_rounds(samples)
-        kept = {k: v[keep] for k, v in samples.items()}
+        kept, n_kept = kept_samples(fns, rounds)
         spread = max(float(np.subtract(*np.percentile(v, [75, 25])) / np.median(v)) for v in kept.values())
-        noisy = busy or keep.sum() < max(1, rounds // 2) or (rounds >= 3 and spread > NOISY_SPREAD)
+        noisy = busy or n_kept < max(1, rounds // 2) or (rounds >= 3 and spread > NOISY_SPREAD)
         if not noisy:
             break
     nbytes = bytes_moved(case)
@@ -486,7 +485,7 @@ def measure(case: Case, fns: dict[str, Callable], rounds: int) -> list[Row]:
     for impl, v in kept.items():
         row = Row(case.norm, case.shape, case.dtype, case.direction, impl, med[impl],
                   float(v.min()), float(v.max()), nbytes / med[impl] / 1e9,
-                  rounds_kept=int(keep.sum()), noisy=bool(noisy), load=round(load, 2))
+                  rounds_kept=n_kept, noisy=bool(noisy), load=round(load, 2))
         if "torch" in kept and impl not in CEILINGS:
             ratio = kept["torch"] / v
             row.speedup_vs_torch = float(np.median(ratio))

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 DTYPES = ("float32", "float64")
-NORMS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from fastln import bench
+
     p = argparse.ArgumentParser(prog="fastln", description="Fast, accurate LayerNorm: tools.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, threading, SIMD features, cache, CUDA devices")
@@ -22,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     b.add_argument("--dtype", nargs="+", choices=DTYPES, default=None,
                    help="data types (default float32; float32 and float64 without --quick)")
-    b.add_argument("--norm", nargs="+", choices=NORMS, default=None,
+    b.add_argument("--norm", nargs="+", choices=bench.NORMS, default=None,
                    help="norms to run (default: all of them)")
     b.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
                    help="also time torch.compile, ONNX Runtime and JAX where installed "
@@ -109,7 +110,7 @@ def cmd_bench(args) -> int:
     peers = (not args.quick) if args.peers is None else args.peers
     shapes, family = ((bench.QUICK_SHAPES, bench.QUICK_FAMILY_SHAPES) if args.quick
                       else (bench.FULL_SHAPES, bench.FAMILY_SHAPES))
-    case_list = bench.cases(args.norm or NORMS, shapes, family, dtypes)
+    case_list = bench.cases(args.norm or bench.NORMS, shapes, family, dtypes)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarking", total=len(case_list))
         report = bench.run(case_list, rounds, peers, lambda: progress.advance(task))

@@ -40,9 +40,7 @@ def case(shape, rounds):
     def native():
         torch.ops.aten.native_layer_norm_backward(gy, x, [cols], tmean, trstd, w, b, [True, True, True])
 
-    samples = bench.interleaved_samples({"in kernel": in_kernel, "upcast": upcast, "torch": native}, rounds)
-    keep = bench.kept_rounds(samples)
-    k = {n: v[keep] for n, v in samples.items()}
+    k, _ = bench.kept_samples({"in kernel": in_kernel, "upcast": upcast, "torch": native}, rounds)
     out = {n: float(np.median(v)) for n, v in k.items()}
     for other in ("upcast", "torch"):
         r = k[other] / k["in kernel"]

@@ -42,11 +42,9 @@ CALL_SHAPES = [(2, 3), (32, 20, 20), (1, 128, 768), (8, 128, 768), (16, 1024, 76
 
 
 def side_by_side(fns: dict, rounds: int) -> dict:
-    samples = bench.interleaved_samples(fns, rounds)
-    keep = bench.kept_rounds(samples)
-    kept = {k: v[keep] for k, v in samples.items()}
+    kept, n_kept = bench.kept_samples(fns, rounds)
     out = {k: float(np.median(v)) for k, v in kept.items()}
-    out["rounds_kept"] = int(keep.sum())
+    out["rounds_kept"] = n_kept
     return out, kept
 
 

@@ -91,6 +91,18 @@ def _coefficients(s_d, s_g, s_gd, r, inv_c, centered):
 
 
 @_jit.inline
+def _backward_row(xr, gr, gxr, mean, rstd, i, w, centered, inv_c, acc_w, acc_b):
+    """Row ``i``'s backward: float64 row sums, the norm's coefficients, then the sweep in
+    the row's dtype (writes ``gxr``; adds into ``acc_w``/``acc_b`` when they have length)."""
+    cast = xr.dtype.type
+    m = cast(mean[i]) if centered else cast(0.0)
+    r = np.float64(rstd[i])
+    s_d, s_g, s_gd = backward_row_sums(xr, gr, w, m)
+    corr, c1, c2 = _coefficients(s_d, s_g, s_gd, r, inv_c, centered)
+    backward_sweep(xr, gr, gxr, m, cast(corr), cast(r), cast(c1), cast(c2), w, acc_w, acc_b)
+
+
+@_jit.inline
 def _backward_chunk(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, chunk, rows_per_chunk):
     """Rows ``[chunk * rows_per_chunk, ...)``: writes gx, accumulates dw/db partials.
 
@@ -102,16 +114,11 @@ def _backward_chunk(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, 
     start = chunk * rows_per_chunk
     stop = min(start + rows_per_chunk, rows)
     inv_c = 1.0 / cols
-    cast = x.dtype.type
     n = dw_part.shape[1]
     acc_w = np.zeros(n, x.dtype)
     acc_b = np.zeros(n, x.dtype)
     for i in range(start, stop):
-        m = cast(mean[i]) if centered else cast(0.0)
-        r = np.float64(rstd[i])
-        s_d, s_g, s_gd = backward_row_sums(x[i], gy[i], w, m)
-        corr, c1, c2 = _coefficients(s_d, s_g, s_gd, r, inv_c, centered)
-        backward_sweep(x[i], gy[i], gx[i], m, cast(corr), cast(r), cast(c1), cast(c2), w, acc_w, acc_b)
+        _backward_row(x[i], gy[i], gx[i], mean, rstd, i, w, centered, inv_c, acc_w, acc_b)
         if gres.shape[0] != 0:
             add_into(gx[i], gres[i])
         if n != 0 and ((i - start + 1) % FLUSH_ROWS == 0 or i == stop - 1):
@@ -164,15 +171,14 @@ def _forward_bf16(xu, ru, w, b, eps, centered, yu, hu, mean, rstd):
 
 def _backward_bf16(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, dw, db, rows_per_chunk):
     """bfloat16 backward (uint16 bits): each row of x, dy (and the residual_out gradient)
-    widened into float32 buffers in cache, the float32 row kernel's arithmetic run on them
-    (:func:`_backward_chunk`'s steps, in the same chunks), gx rounded once to bfloat16.
+    widened into float32 buffers in cache, the float32 row kernel's own :func:`_backward_row`
+    run on them (in the same chunks), gx rounded once to bfloat16.
     Bitwise what upcasting the tensors to float32 and rounding gx gives, without the copies.
     ``w``, ``mean``, ``rstd``, ``dw``, ``db`` are float32."""
     rows, cols = xu.shape
     has_gres = gresu.shape[0] != 0
     n = dw_part.shape[1]
     inv_c = 1.0 / cols
-    cast = np.float32
     for c in prange(dw_part.shape[0]):
         xf = np.empty(cols, np.float32)
         gf = np.empty(cols, np.float32)
@@ -185,11 +191,7 @@ def _backward_bf16(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_par
         for i in range(start, stop):
             bf16_to_f32(xu[i], xf)
             bf16_to_f32(gyu[i], gf)
-            m = cast(mean[i]) if centered else cast(0.0)
-            r = np.float64(rstd[i])
-            s_d, s_g, s_gd = backward_row_sums(xf, gf, w, m)
-            corr, c1, c2 = _coefficients(s_d, s_g, s_gd, r, inv_c, centered)
-            backward_sweep(xf, gf, gxf, m, cast(corr), cast(r), cast(c1), cast(c2), w, acc_w, acc_b)
+            _backward_row(xf, gf, gxf, mean, rstd, i, w, centered, inv_c, acc_w, acc_b)
             if has_gres:
                 bf16_to_f32(gresu[i], rf)
                 add_into(gxf, rf)

@@ -368,8 +368,8 @@ def _backward_direct(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, 
     gy = as_(grad_y, h.dtype)  # gradients arrive expanded or strided at times
     gres = None if grad_res is None else as_(grad_res, h.dtype)
     gx = _out_like(h, rows * cols * h.element_size())
-    n = cols if need_params else 0  # two allocations: a custom op's outputs may not alias
-    dw, db = torch.empty((n,), dtype=h.dtype), torch.empty((n,), dtype=h.dtype)
+    dw, db = _param_outputs(cols, need_params, h.dtype)
+    n = dw.shape[0]
     n_chunks, rows_per_chunk = _api.chunking(rows, cols)
     _api._launch(
         by_address.backward_serial, by_address.backward_parallel, n_chunks == 1, rows, rows * cols,
@@ -378,8 +378,6 @@ def _backward_direct(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, 
         gx.data_ptr(), dw.data_ptr(), db.data_ptr(), rows, cols, rows if centered else 0,
         0 if weight is None else cols, gres is not None, n, n_chunks, rows_per_chunk, centered,
     )
-    if need_params:
-        return gx, dw.reshape(norm), db.reshape(norm)
     return gx, dw, db
 
 
@@ -388,8 +386,7 @@ def _backward_bf16(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, ce
     hc = as_(h, torch.bfloat16)
     gy = as_(grad_y, torch.bfloat16)
     gx = empty(hc.shape, torch.bfloat16)
-    n = cols if need_params else 0
-    dw, db = torch.empty((n,), dtype=torch.float32), torch.empty((n,), dtype=torch.float32)
+    dw, db = _param_outputs(cols, need_params, torch.float32)
     _api.run_backward_bf16(
         bits(gy, rows, cols), bits(hc, rows, cols),
         view(as_(mean, torch.float32)).reshape(-1), view(as_(rstd, torch.float32)).reshape(rows),
@@ -397,8 +394,6 @@ def _backward_bf16(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, ce
         bits(as_(grad_res, torch.bfloat16), rows, cols) if grad_res is not None else np.empty((0, 0), np.uint16),
         bits(gx, rows, cols), view(dw), view(db),
     )
-    if need_params:
-        return gx, dw.reshape(norm), db.reshape(norm)
     return gx, dw, db
 
 
@@ -408,7 +403,16 @@ def backward_impl(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, cen
     residual_out) when given.  Parameter gradients are empty unless ``need_params``;
     ``grad_bias`` never needs the weight."""
     gx, dw, db = _backward_any(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
+    if need_params:
+        dw, db = dw.reshape(norm), db.reshape(norm)
     return (gx if gx.dtype == h.dtype else gx.to(h.dtype)), dw, db
+
+
+def _param_outputs(cols: int, need_params: bool, dtype: torch.dtype):
+    """Flat grad_weight/grad_bias buffers, length 0 when not needed.  Two allocations: a
+    custom op's outputs may not alias."""
+    n = cols if need_params else 0
+    return torch.empty((n,), dtype=dtype), torch.empty((n,), dtype=dtype)
 
 
 def _backward_any(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params):
@@ -443,8 +447,7 @@ def _backward_any(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, cen
     hc = as_(h, cdt)
     gyc = as_(grad_y, cdt)
     gx = empty(hc.shape, cdt)
-    n = cols if need_params else 0  # two allocations: a custom op's outputs may not alias
-    dw, db = torch.empty((n,), dtype=cdt), torch.empty((n,), dtype=cdt)
+    dw, db = _param_outputs(cols, need_params, cdt)
     _api.run_backward(
         rows_view(gyc, rows, cols), rows_view(hc, rows, cols),
         view(as_(mean, stats_dtype(h.dtype))).reshape(-1), view(as_(rstd, stats_dtype(h.dtype))).reshape(rows),
@@ -452,6 +455,4 @@ def _backward_any(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, cen
         rows_view(as_(grad_res, cdt), rows, cols) if grad_res is not None else _no_rows(cdt),
         rows_view(gx, rows, cols), view(dw), view(db),
     )
-    if need_params:
-        return gx, dw.reshape(norm), db.reshape(norm)
     return gx, dw, db

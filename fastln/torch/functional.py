@@ -58,6 +58,19 @@ def _composite_grads(gy, gres, h, eps, weight, norm, centered, need_params):
     return gx, (gyc * x_hat).sum(lead), gyc.sum(lead), x_hat
 
 
+def _gradients(grad_y, gres, h, mean, rstd, weight, norm, rows, cols, eps, centered, needs, dtypes, composite):
+    """Every Function's backward: gradients for ``(x, residual, weight, bias)`` in each
+    input's dtype (None where ``needs`` says no).  ``composite``: in differentiable torch ops
+    (create_graph=True, or functorch-wrapped tensors the kernels cannot read); else the
+    fused kernels."""
+    need_params = bool(needs[2] or needs[3])
+    if composite:
+        gx, gw, gb, _ = _composite_grads(grad_y, gres, h, eps, weight, norm, centered, need_params)
+    else:
+        gx, gw, gb = _glue.backward_impl(grad_y, gres, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
+    return _ops.cast_grads(needs, dtypes, gx, gw, gb)
+
+
 class _NormFunction(torch.autograd.Function):
     """Any norm, any residual: ``apply(x, residual, norm, weight, bias, eps, centered)``
     -> ``(y, residual_out, mean, rstd)`` (residual_out/mean empty when absent)."""
@@ -91,15 +104,11 @@ class _NormFunction(torch.autograd.Function):
     def backward(ctx, grad_y, grad_h, _grad_mean, _grad_rstd):
         h, mean, rstd, weight = ctx.saved_tensors
         need_x, need_r, _, need_w, need_b, _, _ = ctx.needs_input_grad
-        norm = ctx.norm
         gres = grad_h if ctx.has_residual else None
-        need_params = bool(need_w or need_b)
-        if torch.is_grad_enabled() or any(t is not None and _is_wrapped(t) for t in (grad_y, gres, h, weight)):
-            gx, gw, gb, _ = _composite_grads(grad_y, gres, h, ctx.eps, weight, norm, ctx.centered, need_params)
-        else:
-            rows, cols = _glue.rows_cols(tuple(h.shape), norm)
-            gx, gw, gb = _glue.backward_impl(grad_y, gres, h, mean, rstd, weight, norm, rows, cols, ctx.centered, need_params)
-        gx, gr, gw, gb = _ops.cast_grads((need_x, need_r, need_w, need_b), ctx.dtypes, gx, gw, gb)
+        composite = torch.is_grad_enabled() or any(t is not None and _is_wrapped(t) for t in (grad_y, gres, h, weight))
+        rows, cols = _glue.rows_cols(tuple(h.shape), ctx.norm)
+        gx, gr, gw, gb = _gradients(grad_y, gres, h, mean, rstd, weight, ctx.norm, rows, cols, ctx.eps,
+                                    ctx.centered, (need_x, need_r, need_w, need_b), ctx.dtypes, composite)
         return gx, gr, None, gw, gb, None, None
 
     @staticmethod
@@ -166,14 +175,9 @@ class _EagerNorm(torch.autograd.Function):
     def backward(ctx, grad_y, grad_h=None):
         h, mean, rstd, weight = ctx.saved_tensors
         norm, rows, cols, eps, centered, has_residual = ctx.args
-        need_x, need_r, need_w, need_b = ctx.needs_input_grad[:4]
-        need_params = bool(need_w or need_b)
         gres = grad_h if has_residual else None
-        if torch.is_grad_enabled():  # create_graph=True: differentiable torch ops
-            gx, gw, gb, _ = _composite_grads(grad_y, gres, h, eps, weight, norm, centered, need_params)
-        else:
-            gx, gw, gb = _glue.backward_impl(grad_y, gres, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
-        gx, gr, gw, gb = _ops.cast_grads((need_x, need_r, need_w, need_b), ctx.dtypes, gx, gw, gb)
+        gx, gr, gw, gb = _gradients(grad_y, gres, h, mean, rstd, weight, norm, rows, cols, eps, centered,
+                                    ctx.needs_input_grad[:4], ctx.dtypes, torch.is_grad_enabled())
         return gx, gr, gw, gb, None, None, None, None, None
 
 
@@ -323,10 +327,6 @@ class LayerNormFunction(torch.autograd.Function):
         x, mean, rstd, weight = ctx.saved_tensors
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
         rows, cols = ctx.rows_cols
-        need_params = bool(need_w or need_b)
-        if torch.is_grad_enabled():  # create_graph=True: differentiable torch ops
-            gx, gw, gb, _ = _composite_grads(grad_y, None, x, ctx.eps, weight, ctx.norm, True, need_params)
-        else:
-            gx, gw, gb = _glue.backward_impl(grad_y, None, x, mean, rstd, weight, ctx.norm, rows, cols, True, need_params)
-        gx, _, gw, gb = _ops.cast_grads((need_x, False, need_w, need_b), ctx.dtypes, gx, gw, gb)
+        gx, _, gw, gb = _gradients(grad_y, None, x, mean, rstd, weight, ctx.norm, rows, cols, ctx.eps, True,
+                                   (need_x, False, need_w, need_b), ctx.dtypes, torch.is_grad_enabled())
         return gx, None, gw, gb, None
