@@ -86,6 +86,30 @@ COL_BLOCK = _env_int("FASTLN_COL_BLOCK", 8192)
 COL_SPLIT_MIN = _env_int("FASTLN_COL_SPLIT_MIN", 1 << 16)
 
 
+def _last_level_cache_bytes() -> int:
+    """The largest CPU cache's size, or 32 MiB when the system does not say."""
+    try:
+        size = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+        if size > 0:
+            return size
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            text = f.read().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        return int(text.rstrip("KMG")) * scale
+    except (OSError, ValueError):
+        return 32 << 20
+
+
+#: Forwards whose outputs together exceed this many bytes write them with non-temporal
+#: stores (see ``fastln.cpu._stream``): such outputs leave the cache before anyone reads
+#: them, and normal stores would first read every line from memory.  Default: the
+#: last-level cache's size.  0 streams always.
+STREAM_BYTES = _env_int("FASTLN_STREAM_BYTES", _last_level_cache_bytes(), minimum=0)
+
+
 def compile_time_constants() -> tuple:
     """The knobs baked into compiled kernels: the kernel cache is keyed by them."""
-    return (("BLOCK", BLOCK), ("FLUSH_ROWS", FLUSH_ROWS), ("COL_BLOCK", COL_BLOCK))
+    return (("BLOCK", BLOCK), ("FLUSH_ROWS", FLUSH_ROWS), ("COL_BLOCK", COL_BLOCK), ("STREAM_BYTES", STREAM_BYTES))

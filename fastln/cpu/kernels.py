@@ -42,9 +42,12 @@ from fastln.cpu._rows import (
     forward_sweep,
     reduce_partials,
 )
+from fastln.cpu._stream import store_fence, stream_store, streaming
 
 #: bfloat16 rows per task (each task widens its rows into a float32 buffer).
 BF16_CHUNK_ROWS = 64
+#: Rows per task when outputs are streamed (each task has its own row buffers).
+STREAM_CHUNK_ROWS = 32
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,9 +133,31 @@ def _backward_chunk(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, 
 # Row kernels
 # ---------------------------------------------------------------------------------------
 def _forward_rows(x, res, w, b, eps, centered, y, h, mean, rstd):
-    """Fused forward, one task per row."""
-    for i in prange(x.shape[0]):
-        _forward_at(x, res, w, b, eps, centered, y, h, mean, rstd, i)
+    """Fused forward, one task per row; or, for outputs too big for the last-level cache,
+    one task per ``STREAM_CHUNK_ROWS`` rows, each row computed into buffers in L1 cache and
+    streamed out (:mod:`._stream`).  Results are bitwise the same either way."""
+    rows, cols = x.shape
+    if streaming((y.size + h.size) * y.itemsize):
+        has_res = h.shape[0] != 0
+        for c in prange((rows + STREAM_CHUNK_ROWS - 1) // STREAM_CHUNK_ROWS):
+            ys = np.empty(cols, y.dtype)
+            hs = np.empty(cols if has_res else 0, h.dtype)
+            for i in range(c * STREAM_CHUNK_ROWS, min(rows, (c + 1) * STREAM_CHUNK_ROWS)):
+                if has_res:
+                    add_rows(x[i], res[i], hs)
+                    stream_store(h[i], hs)
+                    xr = hs
+                else:
+                    xr = x[i]
+                m, r = _forward_row(xr, w, b, eps, centered, ys)
+                stream_store(y[i], ys)
+                if mean.shape[0] != 0:
+                    mean[i] = m
+                rstd[i] = r
+            store_fence()
+    else:
+        for i in prange(rows):
+            _forward_at(x, res, w, b, eps, centered, y, h, mean, rstd, i)
 
 
 def _backward_rows(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, rows_per_chunk):
