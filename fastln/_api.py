@@ -109,12 +109,13 @@ def run_forward(x2, res2, w, b, eps, centered, y, h, mean, rstd):
                 x2, res2, w, b, eps, centered, y, h, mean, rstd)
 
 
-def run_forward_bf16(xu, ru, w, b, eps, centered, yu, hu, mean, rstd):
-    """Forward on bfloat16 bits (uint16 rows), converted in the kernel (no checks)."""
+def run_forward_half(xu, ru, w, b, eps, centered, yu, hu, mean, rstd, fmt):
+    """Forward on half-precision bits (uint16 rows; ``fmt`` from :mod:`fastln.cpu._half`),
+    converted in the kernel (no checks)."""
     rows = xu.shape[0]
     if rows:
-        _launch(cpu.forward_bf16_serial, cpu.forward_bf16_parallel, rows <= cpu.BF16_CHUNK_ROWS,
-                rows, xu.size, xu, ru, w, b, eps, centered, yu, hu, mean, rstd)
+        _launch(cpu.forward_half_serial, cpu.forward_half_parallel, rows <= cpu.HALF_CHUNK_ROWS,
+                rows, xu.size, xu, ru, w, b, eps, centered, yu, hu, mean, rstd, fmt)
 
 
 def chunking(rows: int, cols: int) -> tuple[int, int]:
@@ -155,19 +156,21 @@ def run_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw, db):
     _launch_chunked(cpu.backward_serial, cpu.backward_parallel, gy2, x2, mean, rstd, w, centered, gres, gx, dw, db)
 
 
-def _launch_chunked(serial, parallel, gy2, x2, mean, rstd, w, centered, gres, gx, dw, db):
-    """A row backward kernel over the chunks of :func:`chunking`, with float64 partials."""
+def _launch_chunked(serial, parallel, gy2, x2, mean, rstd, w, centered, gres, gx, dw, db, *extra):
+    """A row backward kernel over the chunks of :func:`chunking`, with float64 partials;
+    ``extra`` arguments follow ``rows_per_chunk``."""
     rows, cols = x2.shape
     n_chunks, rows_per_chunk = chunking(rows, cols)
     dw_part, db_part = np.zeros((2, n_chunks, dw.shape[0]))  # one allocation, two views
     _launch(
         serial, parallel, n_chunks == 1, rows, x2.size,
-        gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, rows_per_chunk,
+        gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, rows_per_chunk, *extra,
     )
 
 
-def run_backward_bf16(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db):
-    """Backward on bfloat16 bits (uint16 rows), converted in the kernel (no checks); row
+def run_backward_half(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db, fmt):
+    """Backward on half-precision bits (uint16 rows; ``fmt`` from :mod:`fastln.cpu._half`),
+    converted in the kernel (no checks); row
     kernels only (callers check :func:`use_column_kernels` first).  float32 ``w``, ``mean``,
     ``rstd``, ``dw``, ``db``; chunked like :func:`run_backward`, so bitwise the same as it on
     the upcast data."""
@@ -175,7 +178,7 @@ def run_backward_bf16(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db):
         dw[:] = 0
         db[:] = 0
         return
-    _launch_chunked(cpu.backward_bf16_serial, cpu.backward_bf16_parallel, gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db)
+    _launch_chunked(cpu.backward_half_serial, cpu.backward_half_parallel, gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db, fmt)
 
 
 # ---------------------------------------------------------------------------------------

@@ -291,18 +291,39 @@ def test_numpy_api_still_value_error_for_shapes():
         fastln.layer_norm(np.ones((3, 4)), 5)
 
 
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", [(3, 7), (200, 300), (130, 2, 50)])
-def test_bfloat16_in_kernel_equals_float32_rounded(shape):
-    """bf16 rows are widened in the kernel: bitwise the float32 result rounded to bf16."""
-    x = (torch.randn(shape) * 3 + 1).to(torch.bfloat16)
+def test_half_in_kernel_equals_float32_rounded(shape, half):
+    """bf16/f16 rows are widened in the kernel: bitwise the float32 result rounded once."""
+    x = (torch.randn(shape) * 3 + 1).to(half)
     x.view(-1)[5] = float("nan")
     x.view(-1)[-1] = float("inf")
-    w = torch.randn(shape[-1]).to(torch.bfloat16)
-    b = torch.randn(shape[-1]).to(torch.bfloat16)
+    w = torch.randn(shape[-1]).to(half)
+    b = torch.randn(shape[-1]).to(half)
     got = ft.layer_norm(x, shape[-1:], w, b)
-    want = ft.layer_norm(x.float(), shape[-1:], w.float(), b.float()).to(torch.bfloat16)
-    assert got.dtype == torch.bfloat16
+    want = ft.layer_norm(x.float(), shape[-1:], w.float(), b.float()).to(half)
+    assert got.dtype == half
     assert torch.equal(got.isnan(), want.isnan())
     assert got.isnan().any(dim=-1).sum() == 2  # the rows holding NaN and Inf
     ok = ~want.isnan()
     assert torch.equal(got.view(torch.int16)[ok], want.view(torch.int16)[ok])
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_half_add_norm_rounds_residual_out_first(half, norm):
+    """As torch's ``h = x + r; norm(h)``: residual_out is rounded to the half type and the
+    norm reads that rounded value (the kernel widens, adds, narrows, widens again)."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(64, 96, generator=g) * 4).to(half)
+    r = (torch.randn(64, 96, generator=g) * 4).to(half)
+    w = torch.randn(96, generator=g).to(half)
+    if norm == "layer":
+        y, h = ft.add_layer_norm(x, r, (96,), w)
+        want = ft.layer_norm((x + r).float(), (96,), w.float()).to(half)
+    else:
+        y, h = ft.add_rms_norm(x, r, (96,), w)
+        want = ft.rms_norm((x + r).float(), (96,), w.float()).to(half)  # eps: finfo(float32), as torch
+    assert h.dtype == y.dtype == half
+    assert torch.equal(h, x + r)
+    assert torch.equal(y, want)

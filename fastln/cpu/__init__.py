@@ -2,17 +2,17 @@
 pipeline around it (:mod:`.kernels`, :mod:`._rows`) is shared."""
 
 from fastln.cpu.kernels import (  # noqa: F401
-    BF16_CHUNK_ROWS,
-    backward_bf16_parallel,
-    backward_bf16_serial,
+    HALF_CHUNK_ROWS,
     backward_cols_parallel,
     backward_cols_serial,
+    backward_half_parallel,
+    backward_half_serial,
     backward_parallel,
     backward_serial,
-    forward_bf16_parallel,
-    forward_bf16_serial,
     forward_cols_parallel,
     forward_cols_serial,
+    forward_half_parallel,
+    forward_half_serial,
     forward_parallel,
     forward_serial,
 )

@@ -1,4 +1,4 @@
-"""Row helpers shared by every norm: output sweep, backward sums and sweep, bf16 bits.
+"""Row helpers shared by every norm: output sweep, backward sums and sweep, partials.
 
 A norm is its statistics (``layer_norm.py``, ``rms_norm.py``); everything here takes the
 statistics as numbers and is the same for all of them.  ``w``/``b``/``res`` of length 0
@@ -149,22 +149,3 @@ def reduce_partials(dw_part, db_part, dw, db):
             sb += db_part[c, j]
         dw[j] = sw
         db[j] = sb
-
-
-# bfloat16 is the top half of a float32: widen by a shift, narrow with round-to-nearest-even.
-@_jit.sweep
-def bf16_to_f32(u16, out):
-    bits = out.view(np.uint32)
-    for j in range(u16.shape[0]):
-        bits[j] = np.uint32(u16[j]) << np.uint32(16)
-
-
-@_jit.sweep
-def f32_to_bf16(f32, out):
-    bits = f32.view(np.uint32)
-    for j in range(f32.shape[0]):
-        b = bits[j]
-        if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep sign, stay quiet
-            out[j] = np.uint16((b >> np.uint32(16)) | np.uint32(0x40))
-        else:
-            out[j] = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))

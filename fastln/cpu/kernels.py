@@ -31,21 +31,20 @@ from fastln._config import COL_BLOCK, FLUSH_ROWS
 from fastln.cpu import _jit
 from fastln.cpu import layer_norm as ln
 from fastln.cpu import rms_norm as rms
+from fastln.cpu._half import narrow, widen
 from fastln.cpu._rows import (
     add_into,
     add_rows,
     backward_row_sums,
     backward_sweep,
-    bf16_to_f32,
-    f32_to_bf16,
     flush,
     forward_sweep,
     reduce_partials,
 )
 from fastln.cpu._stream import store_fence, stream_store, streaming
 
-#: bfloat16 rows per task (each task widens its rows into a float32 buffer).
-BF16_CHUNK_ROWS = 64
+#: Half-precision rows per task (each task widens its rows into float32 buffers).
+HALF_CHUNK_ROWS = 64
 #: Rows per task when outputs are streamed (each task has its own row buffers).
 STREAM_CHUNK_ROWS = 32
 
@@ -168,36 +167,37 @@ def _backward_rows(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, d
         reduce_partials(dw_part, db_part, dw, db)
 
 
-def _forward_bf16(xu, ru, w, b, eps, centered, yu, hu, mean, rstd):
-    """bfloat16 forward (uint16 bits), rows widened into float32 buffers in cache.
+def _forward_half(xu, ru, w, b, eps, centered, yu, hu, mean, rstd, fmt):
+    """Half-precision forward (uint16 bits of format ``fmt``, see :mod:`._half`), rows
+    widened into float32 buffers in cache.
 
-    ``w``/``b`` are float32.  With a residual, ``h = x + res`` is rounded to bfloat16 (what
-    torch's add gives) and normalised from that rounded value.
+    ``w``/``b`` are float32.  With a residual, ``h = x + res`` is rounded to the half type
+    (what torch's add gives) and normalised from that rounded value.
     """
     rows, cols = xu.shape
     has_res = hu.shape[0] != 0
-    for c in prange((rows + BF16_CHUNK_ROWS - 1) // BF16_CHUNK_ROWS):
+    for c in prange((rows + HALF_CHUNK_ROWS - 1) // HALF_CHUNK_ROWS):
         xf = np.empty(cols, np.float32)
         yf = np.empty(cols, np.float32)
         rf = np.empty(cols if has_res else 0, np.float32)
-        for i in range(c * BF16_CHUNK_ROWS, min(rows, (c + 1) * BF16_CHUNK_ROWS)):
-            bf16_to_f32(xu[i], xf)
+        for i in range(c * HALF_CHUNK_ROWS, min(rows, (c + 1) * HALF_CHUNK_ROWS)):
+            widen(xu[i], xf, fmt)
             if has_res:
-                bf16_to_f32(ru[i], rf)
+                widen(ru[i], rf, fmt)
                 add_rows(xf, rf, xf)
-                f32_to_bf16(xf, hu[i])
-                bf16_to_f32(hu[i], xf)
+                narrow(xf, hu[i], fmt)
+                widen(hu[i], xf, fmt)
             m, r = _forward_row(xf, w, b, eps, centered, yf)
-            f32_to_bf16(yf, yu[i])
+            narrow(yf, yu[i], fmt)
             if mean.shape[0] != 0:
                 mean[i] = m
             rstd[i] = r
 
 
-def _backward_bf16(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, dw, db, rows_per_chunk):
-    """bfloat16 backward (uint16 bits): each row of x, dy (and the residual_out gradient)
-    widened into float32 buffers in cache, the float32 row kernel's own :func:`_backward_row`
-    run on them (in the same chunks), gx rounded once to bfloat16.
+def _backward_half(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, dw, db, rows_per_chunk, fmt):
+    """Half-precision backward (uint16 bits of format ``fmt``): each row of x, dy (and the
+    residual_out gradient) widened into float32 buffers in cache, the float32 row kernel's
+    own :func:`_backward_row` run on them (in the same chunks), gx rounded once.
     Bitwise what upcasting the tensors to float32 and rounding gx gives, without the copies.
     ``w``, ``mean``, ``rstd``, ``dw``, ``db`` are float32."""
     rows, cols = xu.shape
@@ -214,13 +214,13 @@ def _backward_bf16(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_par
         start = c * rows_per_chunk
         stop = min(start + rows_per_chunk, rows)
         for i in range(start, stop):
-            bf16_to_f32(xu[i], xf)
-            bf16_to_f32(gyu[i], gf)
+            widen(xu[i], xf, fmt)
+            widen(gyu[i], gf, fmt)
             _backward_row(xf, gf, gxf, mean, rstd, i, w, centered, inv_c, acc_w, acc_b)
             if has_gres:
-                bf16_to_f32(gresu[i], rf)
+                widen(gresu[i], rf, fmt)
                 add_into(gxf, rf)
-            f32_to_bf16(gxf, gxu[i])
+            narrow(gxf, gxu[i], fmt)
             if n != 0 and ((i - start + 1) % FLUSH_ROWS == 0 or i == stop - 1):
                 flush(acc_w, dw_part[c])
                 flush(acc_b, db_part[c])
@@ -348,7 +348,7 @@ def _backward_cols(gy, x, mean, rstd, w, centered, gres, gx, dw, db):
 
 forward_parallel, forward_serial = _jit.twins(_forward_rows)
 backward_parallel, backward_serial = _jit.twins(_backward_rows)
-forward_bf16_parallel, forward_bf16_serial = _jit.twins(_forward_bf16)
-backward_bf16_parallel, backward_bf16_serial = _jit.twins(_backward_bf16)
+forward_half_parallel, forward_half_serial = _jit.twins(_forward_half)
+backward_half_parallel, backward_half_serial = _jit.twins(_backward_half)
 forward_cols_parallel, forward_cols_serial = _jit.twins(_forward_cols)
 backward_cols_parallel, backward_cols_serial = _jit.twins(_backward_cols)

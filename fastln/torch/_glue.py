@@ -26,9 +26,13 @@ import torch
 from torch import Tensor
 
 from fastln import _api, _checks
-from fastln.cpu import by_address
+from fastln.cpu import _half, by_address
 
 HALF = (torch.float16, torch.bfloat16)
+#: Half types the CPU kernels convert row by row themselves, with their bit format.
+_HALF_IN_KERNEL = {torch.bfloat16: _half.BFLOAT16}
+if _half.FLOAT16_IN_KERNEL:
+    _HALF_IN_KERNEL[torch.float16] = _half.FLOAT16
 FLOATS = (torch.float32, torch.float64) + HALF
 _NUMPY_OF = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -202,7 +206,8 @@ def rows_view(t: Tensor, rows: int, cols: int) -> np.ndarray:
 
 
 def bits(t: Tensor, rows: int, cols: int) -> np.ndarray:
-    """uint16 (rows, cols) view of a contiguous bfloat16 tensor's bits (NumPy has no bf16)."""
+    """uint16 (rows, cols) view of a contiguous half-precision tensor's bits (NumPy has no
+    bfloat16, and the kernels take float16 as bits too)."""
     return view(t.view(torch.int16)).view(np.uint16).reshape(rows, cols)
 
 
@@ -324,23 +329,24 @@ def forward_impl(x, residual, norm, rows, cols, weight, bias, eps: float, center
     stat = stats_dtype(x.dtype)
     mean = torch.empty(lead if centered else (0,), dtype=stat)
     rstd = torch.empty(lead, dtype=stat)
+    fmt = _HALF_IN_KERNEL.get(x.dtype)
     if (
-        x.dtype == torch.bfloat16
-        and (residual is None or residual.dtype == torch.bfloat16)
+        fmt is not None
+        and (residual is None or residual.dtype == x.dtype)
         and not _api.use_column_kernels(rows, cols)
     ):
-        # bfloat16 converted row by row inside the kernel: no float32 copy of the tensor.
-        xc = as_(x, torch.bfloat16)
-        y = empty(xc.shape, torch.bfloat16)
+        # bfloat16/float16 converted row by row inside the kernel: no float32 copy of the tensor.
+        xc = as_(x, x.dtype)
+        y = empty(xc.shape, x.dtype)
         if residual is not None:
-            h = empty(xc.shape, torch.bfloat16)
-            ru, hu = bits(as_(residual, torch.bfloat16), rows, cols), bits(h, rows, cols)
+            h = empty(xc.shape, x.dtype)
+            ru, hu = bits(as_(residual, x.dtype), rows, cols), bits(h, rows, cols)
         else:
             h = x.new_empty((0,))
             ru = hu = np.empty((0, 0), np.uint16)
-        _api.run_forward_bf16(
+        _api.run_forward_half(
             bits(xc, rows, cols), ru, param(weight, cols, torch.float32), param(bias, cols, torch.float32),
-            eps, centered, bits(y, rows, cols), hu, view(mean).reshape(-1), view(rstd).reshape(rows),
+            eps, centered, bits(y, rows, cols), hu, view(mean).reshape(-1), view(rstd).reshape(rows), fmt,
         )
         return y, h, mean, rstd
     cdt = compute_dtype(x.dtype)
@@ -381,18 +387,18 @@ def _backward_direct(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, 
     return gx, dw, db
 
 
-def _backward_bf16(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params):
-    """bfloat16 on the row kernels: converted row by row in the kernel, no float32 copies."""
-    hc = as_(h, torch.bfloat16)
-    gy = as_(grad_y, torch.bfloat16)
-    gx = empty(hc.shape, torch.bfloat16)
+def _backward_half(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params):
+    """bfloat16/float16 on the row kernels: converted row by row in the kernel, no float32 copies."""
+    hc = as_(h, h.dtype)
+    gy = as_(grad_y, h.dtype)
+    gx = empty(hc.shape, h.dtype)
     dw, db = _param_outputs(cols, need_params, torch.float32)
-    _api.run_backward_bf16(
+    _api.run_backward_half(
         bits(gy, rows, cols), bits(hc, rows, cols),
         view(as_(mean, torch.float32)).reshape(-1), view(as_(rstd, torch.float32)).reshape(rows),
         param(weight, cols, torch.float32), centered,
-        bits(as_(grad_res, torch.bfloat16), rows, cols) if grad_res is not None else np.empty((0, 0), np.uint16),
-        bits(gx, rows, cols), view(dw), view(db),
+        bits(as_(grad_res, h.dtype), rows, cols) if grad_res is not None else np.empty((0, 0), np.uint16),
+        bits(gx, rows, cols), view(dw), view(db), _HALF_IN_KERNEL[h.dtype],
     )
     return gx, dw, db
 
@@ -427,12 +433,12 @@ def _backward_any(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, cen
         return _backward_direct(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
     if (
         rows
-        and h.dtype == torch.bfloat16
+        and h.dtype in _HALF_IN_KERNEL
         and h.is_cpu
-        and (grad_res is None or grad_res.dtype == torch.bfloat16)
+        and (grad_res is None or grad_res.dtype == h.dtype)
         and not _api.use_column_kernels(rows, cols, backward=True)
     ):
-        return _backward_bf16(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
+        return _backward_half(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered, need_params)
     dev = h.device.type
     cdt = compute_dtype(h.dtype)
     if dev != "cpu":

@@ -1,0 +1,92 @@
+"""Half-precision bits (bfloat16, IEEE float16) widened to float32 and narrowed back, row by row.
+
+NumPy has no bfloat16, and the kernels see both half types as ``uint16`` bits; ``fmt`` says
+which (:data:`BFLOAT16` or :data:`FLOAT16`).  Kernels widen a row into a float32 buffer in
+L1 cache, run the float32 row code on it, and narrow the result once: bitwise what upcasting
+the tensor to float32, running the float32 kernel and rounding gives, without the copies.
+
+- bfloat16 is the top half of a float32: widen by a shift; narrow with round-to-nearest-even
+  on the bits (NaN kept quiet, sign kept).
+- float16 uses LLVM's own ``fpext``/``fptrunc`` between ``half`` and ``float`` (IEEE
+  round-to-nearest-even, subnormals, infinities and NaN as torch's ``.to()``); with F16C or
+  AVX-512 they vectorise into ``vcvtph2ps``/``vcvtps2ph``.  Without those instructions LLVM
+  would call a runtime helper the JIT may not link, so :data:`FLOAT16_IN_KERNEL` is False
+  there and callers upcast instead.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from fastln.cpu import _jit
+
+BFLOAT16 = 0
+FLOAT16 = 1
+
+
+def _float16_in_kernel() -> bool:
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        import llvmlite.binding as llvm
+
+        return "+f16c" in llvm.get_host_cpu_features().flatten()
+    return machine in ("aarch64", "arm64")  # half conversions are base instructions there
+
+
+#: Whether float16 rows can be converted inside the kernels on this CPU.
+FLOAT16_IN_KERNEL = _float16_in_kernel()
+
+
+@intrinsic
+def _f16_bits_to_f32(typingctx, bits):
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _f32_to_f16_bits(typingctx, value):
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(value), codegen
+
+
+@_jit.sweep
+def widen(u16, out, fmt):
+    """``out = float32(u16)``: half bits of format ``fmt`` to float32, exactly."""
+    if fmt == FLOAT16:
+        for j in range(u16.shape[0]):
+            out[j] = _f16_bits_to_f32(u16[j])
+    else:
+        bits = out.view(np.uint32)
+        for j in range(u16.shape[0]):
+            bits[j] = np.uint32(u16[j]) << np.uint32(16)
+
+
+@_jit.sweep
+def narrow(f32, out, fmt):
+    """``out = half(f32)`` in format ``fmt``, rounded to nearest even."""
+    if fmt == FLOAT16:
+        for j in range(f32.shape[0]):
+            out[j] = _f32_to_f16_bits(f32[j])
+    else:
+        bits = f32.view(np.uint32)
+        for j in range(f32.shape[0]):
+            b = bits[j]
+            if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep sign, stay quiet
+                out[j] = np.uint16((b >> np.uint32(16)) | np.uint32(0x40))
+            else:
+                out[j] = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
