@@ -100,3 +100,67 @@ def test_nan_inf_propagate_per_row_like_torch(dtype, special, pos):
 def test_eps_values(rng, eps):
     x = rng.standard_normal((8, 50))
     np.testing.assert_allclose(fastln.layer_norm(x, eps=eps), reference.forward(x, eps=eps)[0], atol=1e-12)
+
+
+def _gamma(k):
+    u = 2.0**-24
+    return k * u / (1 - k * u)
+
+
+def test_float32_statistics_bound_in_the_docstring():
+    """The numbers row_moments_f32's docstring states follow from its formula."""
+    from fastln._config import BLOCK
+    from fastln.cpu.layer_norm import CERTIFY
+
+    def bound(depth):
+        e = 3 * CERTIFY * _gamma(depth + 2)
+        return e / (1 - e)
+
+    assert BLOCK == 512 and CERTIFY == 2.0
+    assert round(bound(BLOCK), 5) == 1.8e-4  # any summation order
+    assert round(bound(BLOCK // 64 + 6), 7) == 5.7e-6  # LLVM's 64 accumulators and tree
+
+
+def test_float32_statistics_error_over_random_rows():
+    """Over thousands of rows of every offset, spread and width, the float32-lane variance
+    errs at the rounding level (~sqrt(depth) u), far inside the proven 5.7e-6."""
+    rng = np.random.default_rng(2024)
+    worst = 0.0
+    for _ in range(400):
+        cols = int(rng.integers(2, 3000))
+        off, sd = 10.0 ** rng.uniform(-3, 6), 10.0 ** rng.uniform(-3, 3)
+        x = (off + sd * rng.standard_normal((8, cols))).astype(np.float32)
+        _, mean, rstd = fastln.layer_norm_forward(x, eps=0.0)
+        exact_var = np.var(x.astype(np.longdouble), axis=1)
+        ok = exact_var > 0
+        if not ok.any():  # offset so large that float32 made every row constant
+            continue
+        var = 1.0 / rstd.astype(np.longdouble) ** 2  # rstd is float32: 1.2e-7 of this is its rounding
+        worst = max(worst, float(np.max(np.abs(var[ok] / exact_var[ok] - 1))))
+    assert worst < 1e-6, worst
+
+
+def test_rows_the_float32_statistics_cannot_certify():
+    """Far pivots, subnormal squares, overflow and NaN are refused (the float64 path runs)."""
+    import numba
+
+    from fastln.cpu import layer_norm as ln
+
+    @numba.njit
+    def certified(x):
+        return ln.row_moments_f32(x)[0]
+
+    rng = np.random.default_rng(5)
+    normal = rng.standard_normal(1000).astype(np.float32)
+    assert certified(normal)
+    assert certified((3.0 + normal).astype(np.float32))
+    outlier = normal.copy()
+    outlier[0] = 1e6  # the pivot (mean of the first 16) lands far from the row's mean
+    assert not certified(outlier)
+    assert not certified((1e-20 * normal).astype(np.float32))  # squares are subnormal
+    assert not certified((1e20 * normal).astype(np.float32))  # squares overflow
+    assert not certified((1e9 + normal).astype(np.float32))  # 1e9 std offset: x - p all 0 or 64
+    nan = normal.copy()
+    nan[500] = np.nan
+    assert not certified(nan)
+    assert not certified(np.zeros(0, np.float32)) and not certified(np.full(7, 2.5, np.float32))

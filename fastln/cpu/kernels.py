@@ -57,7 +57,11 @@ def _forward_row(xr, w, b, eps, centered, yr):
     """Normalise one row into ``yr``; returns its ``(mean, rstd)`` in float64."""
     cols = xr.shape[0]
     if centered:
-        pivot, mean_d, m2 = ln.row_moments(xr)
+        certified = False
+        if ln.is_float32(xr):
+            certified, pivot, mean_d, m2 = ln.row_moments_f32(xr)
+        if not certified:
+            pivot, mean_d, m2 = ln.row_moments(xr)
         var = m2 / cols
     else:
         pivot = 0.0
