@@ -38,6 +38,9 @@ from fastln.cpu import _jit
 
 #: Bytes in one non-temporal vector store (a cache line; an AVX-512 register).
 LINE = 64
+#: Widest row that is streamed: its buffer must stay in the L2 cache, or computing into it
+#: and streaming it out would add the traffic the streaming saves.
+ROW_BUFFER_BYTES = 256 << 10
 
 
 @intrinsic
@@ -100,7 +103,8 @@ def store_fence(typingctx):
 
 
 @_jit.inline
-def streaming(output_bytes):
+def streaming(output_bytes, row_bytes):
     """Whether a call writing ``output_bytes`` should stream them: only when they cannot
-    stay in the last-level cache anyway."""
-    return output_bytes > STREAM_BYTES
+    stay in the last-level cache anyway, and only for rows whose buffer (computed, then
+    streamed out) stays within :data:`ROW_BUFFER_BYTES`."""
+    return output_bytes > STREAM_BYTES and row_bytes <= ROW_BUFFER_BYTES

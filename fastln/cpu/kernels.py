@@ -140,7 +140,7 @@ def _forward_rows(x, res, w, b, eps, centered, y, h, mean, rstd):
     one task per ``STREAM_CHUNK_ROWS`` rows, each row computed into buffers in L1 cache and
     streamed out (:mod:`._stream`).  Results are bitwise the same either way."""
     rows, cols = x.shape
-    if streaming((y.size + h.size) * y.itemsize):
+    if streaming((y.size + h.size) * y.itemsize, cols * y.itemsize):
         has_res = h.shape[0] != 0
         for c in prange((rows + STREAM_CHUNK_ROWS - 1) // STREAM_CHUNK_ROWS):
             ys = np.empty(cols, y.dtype)
