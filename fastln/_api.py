@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastln import _checks, _config, _threading, cpu
+from fastln.cpu import _half
 from fastln.dask import is_dask_array
 
 
@@ -192,11 +193,14 @@ def _forward(norm, x, residual, normalized_shape, weight, bias, eps, out=None):
     w = _checks.param_vector(weight, "weight", lay, dtype)
     b = _checks.param_vector(bias, "bias", lay, dtype)
     eps = _checks.check_eps(eps, None if norm.centered else dtype)
-    x2 = _checks.as_rows(x, lay, dtype)
     if residual is not None:
         residual = _checks.as_float_array(residual, "residual")
         if residual.shape != x.shape:
             raise _checks.ShapeError(f"residual must have the shape of x {x.shape}, got {residual.shape}")
+    if _float16_in_kernel(x, residual, lay):
+        return _forward_float16(norm, x, residual, lay, w, b, eps, out, (weight, bias, residual))
+    x2 = _checks.as_rows(x, lay, dtype)
+    if residual is not None:
         if dtype != x.dtype:  # float16: residual_out is rounded to float16 before the norm
             h16 = np.add(x, residual, dtype=x.dtype)
             y = _forward(norm, h16, None, lay.norm_shape, weight, bias, eps, out)[0]
@@ -234,6 +238,43 @@ def _forward(norm, x, residual, normalized_shape, weight, bias, eps, out=None):
     )
 
 
+def _float16_in_kernel(x, other, lay, backward=False) -> bool:
+    """float16 data (and ``other``, the residual or grad_y, float16 too or absent) that the
+    row kernels convert themselves (:mod:`fastln.cpu._half`)."""
+    return (
+        x.dtype == np.float16
+        and (other is None or other.dtype == np.float16)
+        and _half.FLOAT16_IN_KERNEL
+        and lay.rows > 0
+        and not use_column_kernels(lay.rows, lay.cols, backward)
+    )
+
+
+def _forward_float16(norm, x, residual, lay, w, b, eps, out, others):
+    """float16 forward converted row by row in the kernel, no float32 copies: bitwise the
+    float32 computation rounded once, with residual_out rounded to float16 before the norm
+    (as ``np.add`` in float16 then the norm)."""
+    if out is not None:
+        _checks.check_out(out, x, others)
+    xu = _checks.as_rows(x, lay, np.float16).view(np.uint16)
+    y = out.reshape(lay.rows, lay.cols) if out is not None else np.empty((lay.rows, lay.cols), np.float16)
+    if residual is not None:
+        ru = _checks.as_rows(residual, lay, np.float16).view(np.uint16)
+        h = np.empty((lay.rows, lay.cols), np.float16)
+        hu = h.view(np.uint16)
+    else:
+        ru = hu = _no_rows(np.uint16)
+    mean = np.empty(lay.rows if norm.centered else 0, np.float32)
+    rstd = np.empty(lay.rows, np.float32)
+    run_forward_half(xu, ru, w, b, eps, norm.centered, y.view(np.uint16), hu, mean, rstd, _half.FLOAT16)
+    return (
+        out if out is not None else y.reshape(x.shape),
+        h.reshape(x.shape) if residual is not None else None,
+        mean.reshape(lay.lead_shape) if norm.centered else None,
+        rstd.reshape(lay.lead_shape),
+    )
+
+
 def _backward(norm, grad_y, x, mean, rstd, weight, normalized_shape):
     """Validate, run and reshape: ``(grad_x, grad_weight or None, grad_bias)``."""
     x = _checks.as_float_array(x, "x")
@@ -247,14 +288,22 @@ def _backward(norm, grad_y, x, mean, rstd, weight, normalized_shape):
     w = _checks.param_vector(weight, "weight", lay, dtype)
     mean = _checks.check_stat(mean, "mean", lay, x.dtype) if norm.centered else _checks.EMPTY[_checks.stats_dtype(x.dtype)]
     rstd = _checks.check_stat(rstd, "rstd", lay, x.dtype)
-    x2 = _checks.as_rows(x, lay, dtype)
-    gy2 = _checks.as_rows(grad_y, lay, dtype)
-    gx = np.empty_like(x2)
-    dw, db = np.empty((2, lay.cols), dtype)
-    run_backward(gy2, x2, mean, rstd, w, norm.centered, _no_rows(dtype), gx, dw, db)
+    if _float16_in_kernel(x, grad_y, lay, backward=True):  # no float32 copies
+        gx = np.empty((lay.rows, lay.cols), np.float16)
+        dw, db = np.empty((2, lay.cols), dtype)
+        run_backward_half(
+            _checks.as_rows(grad_y, lay, np.float16).view(np.uint16), _checks.as_rows(x, lay, np.float16).view(np.uint16),
+            mean, rstd, w, norm.centered, _no_rows(np.uint16), gx.view(np.uint16), dw, db, _half.FLOAT16,
+        )
+    else:
+        x2 = _checks.as_rows(x, lay, dtype)
+        gy2 = _checks.as_rows(grad_y, lay, dtype)
+        gx = np.empty_like(x2)
+        dw, db = np.empty((2, lay.cols), dtype)
+        run_backward(gy2, x2, mean, rstd, w, norm.centered, _no_rows(dtype), gx, dw, db)
     grad_x = gx.reshape(x.shape)
     if dtype != x.dtype:  # float16 data, computed in float32
-        grad_x, dw, db = grad_x.astype(x.dtype), dw.astype(x.dtype), db.astype(x.dtype)
+        grad_x, dw, db = grad_x.astype(x.dtype, copy=False), dw.astype(x.dtype), db.astype(x.dtype)
     gw = dw.reshape(lay.norm_shape) if weight is not None else None
     return grad_x, gw, db.reshape(lay.norm_shape)
 

@@ -104,6 +104,44 @@ def test_float16_computed_in_float32(rng):
     np.testing.assert_allclose(y, reference.forward(x)[0], atol=4e-3)
 
 
+@pytest.mark.parametrize("shape", [(1, 7), (16, 64), (300, 257), (3, 4, 100)], ids=str)
+def test_float16_in_kernel_is_the_float32_computation_rounded_once(rng, shape):
+    """float16 rows are widened inside the kernels (no float32 copies): every function gives
+    bitwise what the float32 computation on upcast data, rounded once, gives."""
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float16)
+    x_before = x.copy()
+    r = rng.standard_normal(shape).astype(np.float16)
+    gy = rng.standard_normal(shape).astype(np.float16)
+    w = rng.standard_normal(shape[-1]).astype(np.float16)
+    b = rng.standard_normal(shape[-1]).astype(np.float16)
+    f32 = lambda a: a.astype(np.float32)  # noqa: E731
+    y, mean, rstd = fastln.layer_norm_forward(x, weight=w, bias=b)
+    y32, mean32, rstd32 = fastln.layer_norm_forward(f32(x), weight=f32(w), bias=f32(b))
+    assert y.dtype == np.float16 and mean.dtype == rstd.dtype == np.float32
+    np.testing.assert_array_equal(y, y32.astype(np.float16))
+    np.testing.assert_array_equal(rstd, rstd32)
+    np.testing.assert_array_equal(mean, mean32)
+    np.testing.assert_array_equal(fastln.rms_norm(x, weight=w), fastln.rms_norm(f32(x), weight=f32(w)).astype(np.float16))
+    h = x + r  # NumPy's float16 add: residual_out is rounded before the norm
+    for fn, ref in ((fastln.add_layer_norm, fastln.layer_norm), (fastln.add_rms_norm, fastln.rms_norm)):
+        yy, hh = fn(x, r, weight=w)
+        np.testing.assert_array_equal(hh, h)
+        np.testing.assert_array_equal(yy, ref(f32(h), weight=f32(w)).astype(np.float16))
+    gx, gw, gb = fastln.layer_norm_backward(gy, x, mean, rstd, weight=w)
+    gx32, gw32, gb32 = fastln.layer_norm_backward(f32(gy), f32(x), mean, rstd, weight=f32(w))
+    assert gx.dtype == gw.dtype == gb.dtype == np.float16
+    np.testing.assert_array_equal(gx, gx32.astype(np.float16))
+    np.testing.assert_array_equal(gw, gw32.astype(np.float16))
+    np.testing.assert_array_equal(gb, gb32.astype(np.float16))
+    out = np.empty_like(x)
+    assert fastln.layer_norm(x, weight=w, bias=b, out=out) is out
+    np.testing.assert_array_equal(out, y)
+    np.testing.assert_array_equal(x, x_before)  # inputs untouched
+    xi = x.copy()
+    fastln.layer_norm(xi, weight=w, bias=b, out=xi)  # in place
+    np.testing.assert_array_equal(xi, y)
+
+
 def test_lists_are_accepted(rng):
     y = fastln.layer_norm([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]])
     np.testing.assert_allclose(y, reference.forward(np.array([[1.0, 2, 3], [4, 5, 7]]))[0], atol=1e-12)
