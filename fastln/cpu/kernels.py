@@ -76,13 +76,16 @@ def _forward_row(xr, w, b, eps, centered, yr):
 
 
 @_jit.inline
-def _forward_at(x, res, w, b, eps, centered, y, h, mean, rstd, i):
-    if h.shape[0] != 0:  # pre-norm block: h = x + res, then normalise h (read from cache)
-        add_rows(x[i], res[i], h[i])
-        xr = h[i]
+def _forward_at(x, res, w, b, eps, centered, yr, hr, has_res, mean, rstd, i):
+    """Row ``i`` into ``yr``; with a residual, ``h = x + res`` into ``hr`` first, and the
+    norm of ``h`` (read back from cache).  ``yr``/``hr`` are the output rows themselves or
+    buffers that the caller streams out."""
+    if has_res:
+        add_rows(x[i], res[i], hr)
+        xr = hr
     else:
         xr = x[i]
-    m, r = _forward_row(xr, w, b, eps, centered, y[i])
+    m, r = _forward_row(xr, w, b, eps, centered, yr)
     if mean.shape[0] != 0:
         mean[i] = m
     rstd[i] = r
@@ -140,27 +143,20 @@ def _forward_rows(x, res, w, b, eps, centered, y, h, mean, rstd):
     one task per ``STREAM_CHUNK_ROWS`` rows, each row computed into buffers in L1 cache and
     streamed out (:mod:`._stream`).  Results are bitwise the same either way."""
     rows, cols = x.shape
+    has_res = h.shape[0] != 0
     if streaming((y.size + h.size) * y.itemsize, cols * y.itemsize):
-        has_res = h.shape[0] != 0
         for c in prange((rows + STREAM_CHUNK_ROWS - 1) // STREAM_CHUNK_ROWS):
             ys = np.empty(cols, y.dtype)
             hs = np.empty(cols if has_res else 0, h.dtype)
             for i in range(c * STREAM_CHUNK_ROWS, min(rows, (c + 1) * STREAM_CHUNK_ROWS)):
+                _forward_at(x, res, w, b, eps, centered, ys, hs, has_res, mean, rstd, i)
                 if has_res:
-                    add_rows(x[i], res[i], hs)
                     stream_store(h[i], hs)
-                    xr = hs
-                else:
-                    xr = x[i]
-                m, r = _forward_row(xr, w, b, eps, centered, ys)
                 stream_store(y[i], ys)
-                if mean.shape[0] != 0:
-                    mean[i] = m
-                rstd[i] = r
             store_fence()
     else:
         for i in prange(rows):
-            _forward_at(x, res, w, b, eps, centered, y, h, mean, rstd, i)
+            _forward_at(x, res, w, b, eps, centered, y[i], h[i] if has_res else y[i], has_res, mean, rstd, i)
 
 
 def _backward_rows(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, rows_per_chunk):
