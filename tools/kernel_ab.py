@@ -1,0 +1,114 @@
+"""This session's kernel changes, each timed against the kernel it replaced, side by side in
+one process (the old variant is recompiled from today's source with one piece swapped back,
+so the comparison survives a noisy machine better than two separate runs).
+
+    python tools/kernel_ab.py [--rounds 21]
+
+- **stats**: forward LayerNorm float32 into a reused buffer, float32-lane statistics
+  (``layer_norm.row_moments_f32``) against the float64 blocks alone; reported as fractions of
+  a parallel copy into a reused buffer, and the speed-up.
+- **stream**: the same forward with outputs of 64-128 MiB, non-temporal stores against normal
+  stores (both forced, whatever ``FASTLN_STREAM_BYTES`` says).
+- **wide rows**: where the time goes for wide rows: the forward with and without weight and
+  bias (their reads compete with the row's for the caches).
+"""
+
+import argparse
+import sys
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba.extending import overload  # noqa: E402
+
+from fastln import bench  # noqa: E402
+from fastln.cpu import kernels as K  # noqa: E402
+from fastln.cpu import layer_norm as ln  # noqa: E402
+
+
+def _never(a):
+    return False
+
+
+@overload(_never, inline="always")
+def _never_impl(a):
+    return lambda a: False
+
+
+def _recompile(fn, globals_, **options):
+    f = getattr(fn, "py_func", fn)
+    clone = types.FunctionType(f.__code__, globals_, "ab_" + f.__name__)
+    return numba.njit(nogil=True, error_model="numpy", fastmath={"contract"}, **options)(clone)
+
+
+def _forward_variant(float32_stats=True, stream=None):
+    """The row forward kernel, optionally without the float32 statistics, with streaming
+    forced on (True) or off (False)."""
+    g = dict(K.__dict__)
+    if not float32_stats:
+        fake = types.ModuleType("ab_layer_norm")
+        fake.__dict__.update(ln.__dict__)
+        fake.is_float32 = _never
+        g["ln"] = fake
+    if stream is not None:
+        g["streaming"] = numba.njit(inline="always")(lambda out_bytes, row_bytes: stream)
+    g["_forward_row"] = _recompile(K._forward_row, g, inline="always")
+    g["_forward_at"] = _recompile(K._forward_at, g, inline="always")
+    return _recompile(K._forward_rows, g, parallel=True)
+
+
+def _case(shape, variants, rounds):
+    """Time ``variants`` (name -> kernel, or (kernel, affine)) and a reused-buffer copy in
+    the same interleaved rounds; fractions of the copy and the kept samples."""
+    rows, cols = shape
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) + 3
+    y, y_copy = np.empty_like(x), np.empty_like(x)
+    w = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
+    b = np.random.default_rng(2).standard_normal(cols).astype(np.float32)
+    none = np.empty((0, cols), np.float32)
+    mean, rstd = np.empty(rows, np.float32), np.empty(rows, np.float32)
+    fns = {"copy reused": lambda: bench._parallel_copy(x, y_copy)}
+    for name, variant in variants.items():
+        kernel, affine = variant if isinstance(variant, tuple) else (variant, True)
+        wv, bv = (w, b) if affine else (w[:0], b[:0])
+        kernel(x, none, wv, bv, 1e-5, True, y, none, mean, rstd)  # compile
+        fns[name] = lambda k=kernel, wv=wv, bv=bv: k(x, none, wv, bv, 1e-5, True, y, none, mean, rstd)
+    kept, _ = bench.kept_samples(fns, rounds)
+    return {n: float(np.median(kept["copy reused"] / v)) for n, v in kept.items() if n != "copy reused"}, kept
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rounds", type=int, default=21)
+    a = p.parse_args()
+    print("stats: forward float32 out=, fraction of the reused-buffer copy")
+    print("| shape | float64 blocks | float32 lanes | speed-up |")
+    print("|---|---|---|---|")
+    stats = {"float64 blocks": _forward_variant(float32_stats=False, stream=False),
+             "float32 lanes": _forward_variant(stream=False)}
+    for shape in [(512, 768), (4096, 1024), (2048, 2048), (64, 65536)]:
+        frac, kept = _case(shape, stats, a.rounds)
+        up = np.median(kept["float64 blocks"] / kept["float32 lanes"])
+        print(f"| {shape[0]}x{shape[1]} | {frac['float64 blocks']:.2f} | {frac['float32 lanes']:.2f} | {up:.2f}x |", flush=True)
+    print("\nstream: forward float32 out=, fraction of the reused-buffer copy")
+    print("| shape | normal stores | non-temporal stores | speed-up |")
+    print("|---|---|---|---|")
+    streams = {"normal": _forward_variant(stream=False), "non-temporal": _forward_variant(stream=True)}
+    for shape in [(4096, 4096), (32768, 768), (8192, 4096)]:
+        frac, kept = _case(shape, streams, max(5, a.rounds // 2))
+        up = np.median(kept["normal"] / kept["non-temporal"])
+        print(f"| {shape[0]}x{shape[1]} | {frac['normal']:.2f} | {frac['non-temporal']:.2f} | {up:.2f}x |", flush=True)
+    print("\nwide rows: forward float32 out=, fraction of the reused-buffer copy")
+    print("| shape | with weight and bias | without |")
+    print("|---|---|---|")
+    kernel = _forward_variant(stream=False)
+    for shape in [(4096, 1024), (2048, 2048), (64, 65536)]:
+        frac, _ = _case(shape, {"with": (kernel, True), "without": (kernel, False)}, a.rounds)
+        print(f"| {shape[0]}x{shape[1]} | {frac['with']:.2f} | {frac['without']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
