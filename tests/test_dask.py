@@ -1,5 +1,6 @@
 """Dask arrays: lazy graphs, any chunking, deterministic parameter gradients, a real cluster."""
 
+import itertools
 import subprocess
 import sys
 
@@ -146,6 +147,14 @@ def test_local_cluster_with_an_array_larger_than_a_workers_memory():
     """Two worker processes with 400 MB each normalise a 512 MB array that never exists
     whole anywhere: generated, normalised and checked chunk by chunk on the workers."""
     distributed = pytest.importorskip("distributed")
+    # Compile the kernels here first, into the on-disk cache the workers load from: compiling
+    # them inside a 400 MB worker (a cold cache, as when this test runs alone) can exceed its
+    # memory budget and get it killed before it ever sees the array.
+    for rows, dt in itertools.product((4, 4096), (np.float32, np.float64)):  # serial and parallel
+        warm = np.ones((rows, 64), dt)
+        fastln.layer_norm(warm, None, warm[0])
+        _, mean, rstd = fastln.layer_norm_forward(warm, None, warm[0])
+        fastln.layer_norm_backward(warm, warm, mean, rstd, warm[0])
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, memory_limit="400MB",
         host="127.0.0.1", dashboard_address=None, silence_logs=40,
