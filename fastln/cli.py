@@ -1,4 +1,4 @@
-"""The ``fastln`` command: ``fastln info | bench | demo`` (also ``python -m fastln``)."""
+"""The ``fastln`` command: ``fastln info | bench | demo | compile`` (also ``python -m fastln``)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case")
     b.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for JSON and PNG")
     sub.add_parser("demo", help="the seed article's three examples, fastln beside torch")
+    c = sub.add_parser("compile", help="compile every CPU kernel into the on-disk cache now, one process per core")
+    c.add_argument("--jobs", type=int, default=None, help="processes to compile in (default: the CPU count)")
+    c.add_argument("-v", "--verbose", action="store_true", help="print each kernel's compile time")
     return p
 
 
@@ -38,7 +41,21 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "rounds", None) is not None and args.rounds < 1:
         _parser().error("--rounds must be at least 1")
-    return {"info": cmd_info, "bench": cmd_bench, "demo": cmd_demo}[args.command](args)
+    if getattr(args, "jobs", None) is not None and args.jobs < 1:
+        _parser().error("--jobs must be at least 1")
+    return {"info": cmd_info, "bench": cmd_bench, "demo": cmd_demo, "compile": cmd_compile}[args.command](args)
+
+
+def cmd_compile(args) -> int:
+    from fastln import _cache, _warm
+
+    if _cache.DIRECTORY is None:
+        print("fastln: the kernel cache is off (FASTLN_CACHE=0 or no writable location): nothing to keep",
+              file=sys.stderr)
+        return 1
+    seconds = _warm.warm(args.jobs, args.verbose)
+    print(f"{len(_warm.tasks())} kernels compiled or loaded in {seconds:.1f} s; cache: {_cache.DIRECTORY}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------

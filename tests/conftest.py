@@ -29,3 +29,15 @@ def rng():
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a real CUDA device")
     config.addinivalue_line("markers", "slow: long-running (subprocesses, big inputs)")
+
+
+def pytest_sessionstart(session):
+    # Compile every CPU kernel into the on-disk cache first, one process per core: from a cold
+    # cache (CI's clean clone) the tests would otherwise compile them one at a time as they
+    # meet them.  A warm cache makes this a few seconds of loading.
+    if os.environ.get("FASTLN_TEST_WARM", "1") == "0":
+        return
+    from fastln import _cache, _warm
+
+    if _cache.DIRECTORY is not None:
+        _warm.warm()

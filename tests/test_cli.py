@@ -1,6 +1,7 @@
 """The fastln command: argument errors, the JSON schema, the PNG, the no-torch path."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ def tiny_bench(monkeypatch):
 @pytest.mark.parametrize(
     "argv",
     [[], ["nonsense"], ["bench", "--rounds", "0"], ["bench", "--dtype", "float16"], ["bench", "--device", "tpu"],
-     ["bench", "--norm", "batch_norm"]],
+     ["bench", "--norm", "batch_norm"], ["compile", "--jobs", "0"]],
 )
 def test_argument_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -189,3 +190,29 @@ def test_demo_matches_torch(capsys):
 def test_python_dash_m():
     out = subprocess.run([sys.executable, "-m", "fastln", "info"], capture_output=True, text=True, check=True)
     assert "numba" in out.stdout
+
+
+def test_compile_leaves_every_kernel_in_the_cache(capsys):
+    """``fastln compile`` (also what conftest runs first): afterwards a new process finds
+    every kernel signature it compiles in the cache, and compiles none of them again."""
+    from fastln import _warm
+
+    assert cli.main(["compile", "--jobs", "1"]) == 0
+    assert f"{len(_warm.tasks())} kernels compiled or loaded" in capsys.readouterr().out
+    code = (
+        "from fastln import _warm\n"
+        "_warm.run(range(len(_warm.tasks())))\n"
+        "ks = {id(k): k for _, _, k, _ in _warm.tasks()}.values()\n"
+        "print(sum(sum(k.stats.cache_misses.values()) for k in ks), sum(sum(k.stats.cache_hits.values()) for k in ks))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    misses, hits = map(int, out.stdout.split())
+    assert misses == 0
+    assert hits == len(_warm.tasks())
+
+
+def test_compile_without_a_cache_says_so():
+    out = subprocess.run([sys.executable, "-m", "fastln", "compile"], capture_output=True, text=True,
+                         env={**os.environ, "FASTLN_CACHE": "0"}, timeout=300)
+    assert out.returncode == 1
+    assert "kernel cache is off" in out.stderr

@@ -82,7 +82,8 @@ _RUN = textwrap.dedent("""
     warnings.simplefilter("always")
     with warnings.catch_warnings(record=True) as caught:
         import fastln
-        x = np.random.default_rng(1).standard_normal((300, 129)).astype(np.float32)
+        # Serial-sized: what these tests check is the cache, and each run compiles from nothing.
+        x = np.random.default_rng(1).standard_normal((6, 33)).astype(np.float32)
         y, m, r = fastln.layer_norm_forward(x, None, x[0], x[1])
         gx = fastln.layer_norm_backward(x, x, m, r, x[0])[0]
         z = fastln.rms_norm(x, None, x[0])

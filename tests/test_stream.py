@@ -64,6 +64,8 @@ for rows, cols in [(5, 7), (33, 100), (70, 1000), (64, 17)]:
     out[key + " add_ln"] = [y.tolist(), h.tolist()]
     y, h = fastln.add_rms_norm(x, r)
     out[key + " add_rms"] = [y.tolist(), h.tolist()]
+    if rows * cols > 10000:
+        continue  # out= and in place on serial-sized shapes only: one parallel kernel to compile
     buf = np.empty(rows * cols + 1, np.float32)  # out= one element off any alignment
     o = buf[1:].reshape(rows, cols)
     fastln.layer_norm(x, weight=w, out=o)

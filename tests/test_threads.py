@@ -69,7 +69,7 @@ _SCRIPT = textwrap.dedent(
     import sys, numpy as np, fastln
     from concurrent.futures import ThreadPoolExecutor
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((512, 129)).astype(np.float32)
+    x = rng.standard_normal((int(sys.argv[2]), 129)).astype(np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)
     def run(_):
         y, m, r = fastln.layer_norm_forward(x, None, x[0], x[1])
@@ -83,10 +83,11 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def _run_procs(n, env, threads=1):
+def _run_procs(n, env, threads=1, rows=512):
+    """``n`` processes of ``_SCRIPT``; 512 rows take the parallel kernels, 8 the serial ones."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _SCRIPT, str(threads)], cwd=ROOT, env=env,
+            [sys.executable, "-c", _SCRIPT, str(threads), str(rows)], cwd=ROOT, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for _ in range(n)
@@ -102,9 +103,10 @@ def _run_procs(n, env, threads=1):
 @pytest.mark.slow
 def test_concurrent_processes_on_cold_then_warm_cache(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=ROOT)
-    cold = _run_procs(4, env)
+    # Serial-sized input: the race on a cold cache is the point, not the kernel compiled.
+    cold = _run_procs(4, env, rows=8)
     assert any(tmp_path.joinpath("cache").rglob("*.nbc")), "kernels were not cached"
-    warm = _run_procs(4, env)
+    warm = _run_procs(4, env, rows=8)
     assert len(set(cold + warm)) == 1, cold + warm
 
 
