@@ -87,7 +87,7 @@ def _half_backward(kernel, _dt):
 #: --jobs 1 -v``), for sharing them out between processes; the by-address kernels cost about
 #: a second once the kernel they wrap is compiled in the same process.
 _COST = {
-    "forward_parallel": 16.0, "backward_parallel": 4.5, "forward_cols_parallel": 3.3, "backward_cols_parallel": 4.7,
+    "forward_parallel": 16.0, "backward_parallel": 6.5, "forward_cols_parallel": 3.3, "backward_cols_parallel": 4.7,
     "forward_half_parallel": 5.0, "backward_half_parallel": 3.3, "forward_serial": 3.5, "backward_serial": 2.5,
 }
 

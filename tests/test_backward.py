@@ -100,3 +100,51 @@ def test_serial_and_parallel_kernels_agree(rng, monkeypatch):
     np.testing.assert_array_equal(y, y2)
     for a, b in zip(par, ser, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 2, 17, 33, 301])
+def test_rows_swept_in_pairs_give_each_rows_gradient_as_alone(rng, dtype, rows):
+    """With parameter gradients, backward sweeps rows two at a time (odd counts leave a row
+    alone, at the end of a chunk).  Each row's grad_x must be bitwise a one-row call's, and
+    the parameter gradients must sum the rows in their order (within reference tolerance
+    here; bitwise against the one-row-at-a-time half kernels in test_fast_paths)."""
+    cols = 2111  # 8 KiB and more: paired
+    x = (rng.standard_normal((rows, cols)) * 2 + 1).astype(dtype)
+    g = rng.standard_normal((rows, cols)).astype(dtype)
+    gres = rng.standard_normal((rows, cols)).astype(dtype)
+    w = rng.standard_normal(cols).astype(dtype)
+    _, mean, rstd = fastln.layer_norm_forward(x, None, w)
+    gx, gw, gb = fastln.layer_norm_backward(g, x, mean, rstd, w)
+    for i in range(rows):
+        alone = fastln.layer_norm_backward(g[i:i + 1], x[i:i + 1], mean[i:i + 1], rstd[i:i + 1], w)[0]
+        np.testing.assert_array_equal(gx[i:i + 1], alone)
+    rgx, rgw, rgb = reference.backward(g, x, 1, w)
+    tol = 2e-5 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(gw, rgw, rtol=0, atol=tol * (np.abs(rgw).max() + np.sqrt(x.size)))
+    np.testing.assert_allclose(gb, rgb, rtol=0, atol=tol * (np.abs(rgb).max() + np.sqrt(x.size)))
+    # the add-norm backward adds the residual_out gradient to each row of the pair
+    _, rstd_r = fastln.rms_norm_forward(x, None, w)
+    gx_r, _ = fastln.rms_norm_backward(g, x, rstd_r, w)
+    from fastln import _api
+    from fastln.cpu import kernels
+
+    gx_plus = np.empty_like(x)
+    dw, db = np.empty_like(w), np.empty_like(w)
+    _api.run_backward(g, x, mean[:0], rstd_r, w, False, gres, gx_plus, dw, db)
+    np.testing.assert_array_equal(gx_plus, gx_r + gres)
+    assert kernels.PAIRED_BACKWARD
+    if dtype == np.float32:
+        # bitwise against the half kernel, which sweeps one row at a time: bfloat16 bits
+        # (the top halves of float32 values) in, the same float32 values through run_backward
+        from fastln.cpu import _half
+
+        xb, gb16 = ((a.view(np.uint32) >> 16).astype(np.uint16) for a in (x, g))
+        xf, gf = ((a.astype(np.uint32) << 16).view(np.float32) for a in (xb, gb16))
+        _, mf, rf = fastln.layer_norm_forward(xf, None, w)
+        want = [np.empty_like(xf), np.empty_like(w), np.empty_like(w)]
+        _api.run_backward(gf, xf, mf, rf, w, True, _api._no_rows(xf.dtype), *want)
+        got = [np.empty_like(xb), np.empty_like(w), np.empty_like(w)]
+        _api.run_backward_half(gb16, xb, mf, rf, w, True, np.empty((0, cols), np.uint16), *got, _half.BFLOAT16)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[2], want[2])

@@ -11,6 +11,11 @@ so the comparison survives a noisy machine better than two separate runs).
   stores (both forced, whatever ``FASTLN_STREAM_BYTES`` says).
 - **wide rows**: where the time goes for wide rows: the forward with and without weight and
   bias (their reads compete with the row's for the caches).
+- **backward pairs**: backward LayerNorm float32 with parameter gradients, rows swept in
+  pairs (``kernels.PAIRED_BACKWARD``, rows of 8 KiB and more) against one at a time, and torch's own kernel
+  (``aten.native_layer_norm_backward``, 2 threads), all allocating their outputs.
+
+``--only stats,stream,wide,backward`` picks sections.
 """
 
 import argparse
@@ -24,6 +29,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
+import fastln  # noqa: E402
 from fastln import bench  # noqa: E402
 from fastln.cpu import kernels as K  # noqa: E402
 from fastln.cpu import layer_norm as ln  # noqa: E402
@@ -83,31 +89,99 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--only", default="stats,stream,wide,backward")
     a = p.parse_args()
+    only = set(a.only.split(","))
+    for section in ("stats", "stream", "wide", "backward"):
+        if section in only:
+            globals()["_" + section](a.rounds)
+
+
+def _stats(rounds):
     print("stats: forward float32 out=, fraction of the reused-buffer copy")
     print("| shape | float64 blocks | float32 lanes | speed-up |")
     print("|---|---|---|---|")
     stats = {"float64 blocks": _forward_variant(float32_stats=False, stream=False),
              "float32 lanes": _forward_variant(stream=False)}
     for shape in [(512, 768), (4096, 1024), (2048, 2048), (64, 65536)]:
-        frac, kept = _case(shape, stats, a.rounds)
+        frac, kept = _case(shape, stats, rounds)
         up = np.median(kept["float64 blocks"] / kept["float32 lanes"])
         print(f"| {shape[0]}x{shape[1]} | {frac['float64 blocks']:.2f} | {frac['float32 lanes']:.2f} | {up:.2f}x |", flush=True)
+
+
+def _stream(rounds):
     print("\nstream: forward float32 out=, fraction of the reused-buffer copy")
     print("| shape | normal stores | non-temporal stores | speed-up |")
     print("|---|---|---|---|")
     streams = {"normal": _forward_variant(stream=False), "non-temporal": _forward_variant(stream=True)}
     for shape in [(4096, 4096), (32768, 768), (8192, 4096)]:
-        frac, kept = _case(shape, streams, max(5, a.rounds // 2))
+        frac, kept = _case(shape, streams, max(5, rounds // 2))
         up = np.median(kept["normal"] / kept["non-temporal"])
         print(f"| {shape[0]}x{shape[1]} | {frac['normal']:.2f} | {frac['non-temporal']:.2f} | {up:.2f}x |", flush=True)
+
+
+def _wide(rounds):
     print("\nwide rows: forward float32 out=, fraction of the reused-buffer copy")
     print("| shape | with weight and bias | without |")
     print("|---|---|---|")
     kernel = _forward_variant(stream=False)
     for shape in [(4096, 1024), (2048, 2048), (64, 65536)]:
-        frac, _ = _case(shape, {"with": (kernel, True), "without": (kernel, False)}, a.rounds)
+        frac, _ = _case(shape, {"with": (kernel, True), "without": (kernel, False)}, rounds)
         print(f"| {shape[0]}x{shape[1]} | {frac['with']:.2f} | {frac['without']:.2f} |", flush=True)
+
+
+def _backward_variant(paired):
+    """The row backward kernel with rows swept in pairs or one at a time."""
+    g = dict(K.__dict__)
+    g["PAIRED_BACKWARD"] = paired
+    g["_backward_chunk"] = _recompile(K._backward_chunk, g, inline="always")
+    return _recompile(K._backward_rows, g, parallel=True)
+
+
+def _backward(rounds):
+    import torch
+
+    torch.set_num_threads(numba.get_num_threads())
+    print("\nbackward pairs: backward LayerNorm float32 with weight, bias and their gradients; time")
+    print("| shape | one row at a time | pairs | torch | pairs vs one [min-max] | torch / pairs [min-max] |")
+    print("|---|---|---|---|---|---|")
+    variants = {"one": _backward_variant(False), "pairs": _backward_variant(True)}
+    for shape in [(512, 768), (2048, 2048), (1024, 4096), (4096, 4096), (512, 16384)]:
+        kept = _backward_case(shape, variants, rounds, torch)
+        up, vs = kept["one"] / kept["pairs"], kept["torch"] / kept["pairs"]
+        med = {k: float(np.median(v)) * 1e3 for k, v in kept.items()}
+        print(f"| {shape[0]}x{shape[1]} | {med['one']:.3f} ms | {med['pairs']:.3f} ms | {med['torch']:.3f} ms | "
+              f"{np.median(up):.2f}x [{up.min():.2f}-{up.max():.2f}] | {np.median(vs):.2f}x [{vs.min():.2f}-{vs.max():.2f}] |",
+              flush=True)
+
+
+def _backward_case(shape, variants, rounds, torch):
+    from fastln import _api
+
+    rows, cols = shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    gy = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(cols).astype(np.float32)
+    b = rng.standard_normal(cols).astype(np.float32)
+    none = np.empty((0, cols), np.float32)
+    _, mean, rstd = fastln.layer_norm_forward(x, None, w, b)
+    n_chunks, per_chunk = _api.chunking(rows, cols)
+
+    def run(kernel):
+        gx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(w)
+        part = np.zeros((2, n_chunks, cols))
+        kernel(gy, x, mean, rstd, w, True, none, gx, part[0], part[1], dw, db, per_chunk)
+        return gx, dw, db
+
+    outs = {k: run(v) for k, v in variants.items()}  # compile; and the same bits both ways
+    for one, pair in zip(outs["one"], outs["pairs"], strict=True):
+        assert np.array_equal(one, pair)
+    xt, wt, bt, gt = (torch.from_numpy(a) for a in (x, w, b, gy))
+    _, mt, rt = torch.ops.aten.native_layer_norm(xt, [cols], wt, bt, 1e-5)
+    fns = {k: (lambda v=v: run(v)) for k, v in variants.items()}
+    fns["torch"] = lambda: torch.ops.aten.native_layer_norm_backward(gt, xt, [cols], mt, rt, wt, bt, [True] * 3)
+    return bench.kept_samples(fns, rounds)[0]
 
 
 if __name__ == "__main__":

@@ -124,6 +124,37 @@ def backward_sweep(xr, gr, gxr, m, corr_t, r_t, c1_t, c2_t, w, acc_w, acc_b):
 
 
 @_jit.inline
+def backward_sweep_pair(x0, g0, gx0, m0, corr0, r0, c10, c20, x1, g1, gx1, m1, corr1, r1, c11, c21, w, acc_w, acc_b):
+    """:func:`backward_sweep` of two consecutive rows, with parameter gradients, in one
+    loop: ``w``, ``acc_w`` and ``acc_b`` are read (and the accumulators written) once per
+    two rows instead of once per row, where a row's sweep reads five arrays and writes three.
+    The accumulators take the first row's term, then the second's: the order of one row at
+    a time, so the results are bitwise the same."""
+    cols = x0.shape[0]
+    if w.shape[0] != 0:
+        for j in range(cols):
+            wj = w[j]
+            ga = g0[j]
+            gb = g1[j]
+            xa = ((x0[j] - m0) - corr0) * r0
+            xb = ((x1[j] - m1) - corr1) * r1
+            gx0[j] = (ga * wj - (xa * c10 + c20)) * r0
+            gx1[j] = (gb * wj - (xb * c11 + c21)) * r1
+            acc_w[j] = (acc_w[j] + ga * xa) + gb * xb
+            acc_b[j] = (acc_b[j] + ga) + gb
+    else:
+        for j in range(cols):
+            ga = g0[j]
+            gb = g1[j]
+            xa = ((x0[j] - m0) - corr0) * r0
+            xb = ((x1[j] - m1) - corr1) * r1
+            gx0[j] = (ga - (xa * c10 + c20)) * r0
+            gx1[j] = (gb - (xb * c11 + c21)) * r1
+            acc_w[j] = (acc_w[j] + ga * xa) + gb * xb
+            acc_b[j] = (acc_b[j] + ga) + gb
+
+
+@_jit.inline
 def add_into(gxr, gres_r):
     """``gx += grad_residual_out``: the residual's gradient joins the norm's."""
     for j in range(gxr.shape[0]):
