@@ -144,3 +144,32 @@ def test_info_reports_threading_and_cache():
     assert out.returncode == 0, out.stderr
     for key in ("threading", "forked", "cache"):
         assert key in out.stdout.lower(), out.stdout
+
+
+_BRIDGE_FIRST = textwrap.dedent("""
+    import numpy as np, torch
+    import fastln.torch as ft
+    x = torch.randn(640, 20, dtype=torch.{dtype}, requires_grad=True)  # parallel-sized
+    w = torch.randn(20, dtype=torch.{dtype}, requires_grad=True)
+    with torch.no_grad():
+        y = ft.layer_norm(x, (20,), w)  # the first parallel work of this process
+    y2 = ft.layer_norm(x, (20,), w)
+    y2.sum().backward()
+    ref = torch.nn.functional.layer_norm(x.detach(), (20,), w.detach())
+    assert torch.allclose(y, ref, atol=1e-5) and torch.equal(y, y2.detach())
+    assert x.grad is not None and w.grad is not None
+    print("ok")
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_fresh_process_whose_first_parallel_call_is_the_bridges(dtype):
+    """The bridge's by-address kernels call the parallel kernels from compiled code; loaded
+    from the cache in a fresh process they used to run before Numba's thread pool was
+    started, and segfaulted.  Here they are the first parallel work of a new process, with
+    the kernel cache this test session warmed."""
+    pytest.importorskip("torch")
+    out = _run(_BRIDGE_FIRST.format(dtype=dtype), timeout=300)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.strip() == "ok"
