@@ -1,8 +1,8 @@
 """Compile every CPU kernel into the on-disk cache ahead of the first call.
 
 A kernel compiles on its first call with a new type signature and is cached on disk
-(:mod:`fastln._cache`); from nothing that costs about a minute of single-threaded LLVM work
-over all kernels, paid in pieces by the first calls of a program.  :func:`warm` pays it up
+(:mod:`fastln._cache`); from nothing that costs about 90 s of single-threaded LLVM work over
+all kernels on a 2-core AMD EPYC, paid in pieces by the first calls of a program.  :func:`warm` pays it up
 front (``fastln compile`` on the command line: at the end of a Docker build, before a timed
 run, or, as the test suite does, at the start of a session), and spreads the kernels over
 ``jobs`` processes, one per core, where one process would compile them one by one.
@@ -144,13 +144,14 @@ def warm(jobs: int | None = None, verbose: bool = False) -> float:
     ----------
     jobs : int, optional
         Processes to compile in, each with its :func:`shares` of the kernels; default: the
-        CPU count.  ``1`` compiles in this process.
+        cores this process may run on.  ``1`` compiles in this process.
     verbose : bool
         Print each kernel's time.
     """
     start = time.perf_counter()
     n = len(tasks())
-    jobs = max(1, min(n, jobs or os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    jobs = max(1, min(n, jobs or cores or 1))
     if jobs == 1:
         run(range(n), verbose)
         return time.perf_counter() - start
