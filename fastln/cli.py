@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for JSON and PNG")
     sub.add_parser("demo", help="the seed article's three examples, fastln beside torch")
     c = sub.add_parser("compile", help="compile every CPU kernel into the on-disk cache now, one process per core")
-    c.add_argument("--jobs", type=int, default=None, help="processes to compile in (default: the CPU count)")
+    c.add_argument("--jobs", type=int, default=None, help="processes to compile in (default: the cores this process may run on)")
     c.add_argument("-v", "--verbose", action="store_true", help="print each kernel's compile time")
     return p
 
