@@ -110,33 +110,33 @@ def _coefficients(s_d, s_g, s_gd, r, inv_c, centered):
 
 
 @_jit.inline
-def _backward_row(xr, gr, gxr, mean, rstd, i, w, centered, inv_c, acc_w, acc_b):
-    """Row ``i``'s backward: float64 row sums, the norm's coefficients, then the sweep in
-    the row's dtype (writes ``gxr``; adds into ``acc_w``/``acc_b`` when they have length)."""
+def _backward_terms(xr, gr, mean, rstd, i, w, centered, inv_c):
+    """Row ``i``'s sweep constants in the row's dtype, ``(m, corr, rstd, c1, c2)``: float64
+    row sums, then the norm's coefficients."""
     cast = xr.dtype.type
     m = cast(mean[i]) if centered else cast(0.0)
     r = np.float64(rstd[i])
     s_d, s_g, s_gd = backward_row_sums(xr, gr, w, m)
     corr, c1, c2 = _coefficients(s_d, s_g, s_gd, r, inv_c, centered)
-    backward_sweep(xr, gr, gxr, m, cast(corr), cast(r), cast(c1), cast(c2), w, acc_w, acc_b)
+    return m, cast(corr), cast(r), cast(c1), cast(c2)
+
+
+@_jit.inline
+def _backward_row(xr, gr, gxr, mean, rstd, i, w, centered, inv_c, acc_w, acc_b):
+    """Row ``i``'s backward: its constants (:func:`_backward_terms`), then the sweep in the
+    row's dtype (writes ``gxr``; adds into ``acc_w``/``acc_b`` when they have length)."""
+    m, corr, r, c1, c2 = _backward_terms(xr, gr, mean, rstd, i, w, centered, inv_c)
+    backward_sweep(xr, gr, gxr, m, corr, r, c1, c2, w, acc_w, acc_b)
 
 
 @_jit.inline
 def _backward_pair(x, gy, gx, mean, rstd, i, w, centered, inv_c, acc_w, acc_b):
     """Rows ``i`` and ``i + 1`` of :func:`_backward_row`, swept together
     (:func:`._rows.backward_sweep_pair`); bitwise the two rows one after the other."""
-    cast = x.dtype.type
-    m0 = cast(mean[i]) if centered else cast(0.0)
-    m1 = cast(mean[i + 1]) if centered else cast(0.0)
-    r0 = np.float64(rstd[i])
-    r1 = np.float64(rstd[i + 1])
-    s_d, s_g, s_gd = backward_row_sums(x[i], gy[i], w, m0)
-    corr0, c10, c20 = _coefficients(s_d, s_g, s_gd, r0, inv_c, centered)
-    s_d, s_g, s_gd = backward_row_sums(x[i + 1], gy[i + 1], w, m1)
-    corr1, c11, c21 = _coefficients(s_d, s_g, s_gd, r1, inv_c, centered)
-    backward_sweep_pair(x[i], gy[i], gx[i], m0, cast(corr0), cast(r0), cast(c10), cast(c20),
-                        x[i + 1], gy[i + 1], gx[i + 1], m1, cast(corr1), cast(r1), cast(c11), cast(c21),
-                        w, acc_w, acc_b)
+    m0, corr0, r0, c10, c20 = _backward_terms(x[i], gy[i], mean, rstd, i, w, centered, inv_c)
+    m1, corr1, r1, c11, c21 = _backward_terms(x[i + 1], gy[i + 1], mean, rstd, i + 1, w, centered, inv_c)
+    backward_sweep_pair(x[i], gy[i], gx[i], m0, corr0, r0, c10, c20,
+                        x[i + 1], gy[i + 1], gx[i + 1], m1, corr1, r1, c11, c21, w, acc_w, acc_b)
 
 
 @_jit.inline
