@@ -97,27 +97,29 @@ def main():
             globals()["_" + section](a.rounds)
 
 
-def _stats(rounds):
-    print("stats: forward float32 out=, fraction of the reused-buffer copy")
-    print("| shape | float64 blocks | float32 lanes | speed-up |")
+def _old_vs_new(title, old, new, variants, shapes, rounds):
+    """Fractions of the reused-buffer copy for an ``old`` and a ``new`` variant, and the
+    speed-up of new over old, a table row per shape."""
+    print(f"\n{title}: forward float32 out=, fraction of the reused-buffer copy")
+    print(f"| shape | {old} | {new} | speed-up |")
     print("|---|---|---|---|")
-    stats = {"float64 blocks": _forward_variant(float32_stats=False, stream=False),
-             "float32 lanes": _forward_variant(stream=False)}
-    for shape in [(512, 768), (4096, 1024), (2048, 2048), (64, 65536)]:
-        frac, kept = _case(shape, stats, rounds)
-        up = np.median(kept["float64 blocks"] / kept["float32 lanes"])
-        print(f"| {shape[0]}x{shape[1]} | {frac['float64 blocks']:.2f} | {frac['float32 lanes']:.2f} | {up:.2f}x |", flush=True)
+    for shape in shapes:
+        frac, kept = _case(shape, variants, rounds)
+        up = np.median(kept[old] / kept[new])
+        print(f"| {shape[0]}x{shape[1]} | {frac[old]:.2f} | {frac[new]:.2f} | {up:.2f}x |", flush=True)
+
+
+def _stats(rounds):
+    variants = {"float64 blocks": _forward_variant(float32_stats=False, stream=False),
+                "float32 lanes": _forward_variant(stream=False)}
+    _old_vs_new("stats", "float64 blocks", "float32 lanes", variants,
+                [(512, 768), (4096, 1024), (2048, 2048), (64, 65536)], rounds)
 
 
 def _stream(rounds):
-    print("\nstream: forward float32 out=, fraction of the reused-buffer copy")
-    print("| shape | normal stores | non-temporal stores | speed-up |")
-    print("|---|---|---|---|")
-    streams = {"normal": _forward_variant(stream=False), "non-temporal": _forward_variant(stream=True)}
-    for shape in [(4096, 4096), (32768, 768), (8192, 4096)]:
-        frac, kept = _case(shape, streams, max(5, rounds // 2))
-        up = np.median(kept["normal"] / kept["non-temporal"])
-        print(f"| {shape[0]}x{shape[1]} | {frac['normal']:.2f} | {frac['non-temporal']:.2f} | {up:.2f}x |", flush=True)
+    variants = {"normal stores": _forward_variant(stream=False), "non-temporal stores": _forward_variant(stream=True)}
+    _old_vs_new("stream", "normal stores", "non-temporal stores", variants,
+                [(4096, 4096), (32768, 768), (8192, 4096)], max(5, rounds // 2))
 
 
 def _wide(rounds):
