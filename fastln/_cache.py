@@ -165,6 +165,23 @@ def jit(**options):
     return wrap
 
 
+def cfunc(fn, sig):
+    """``numba.cfunc(sig)(fn)``, compiled now, with :class:`SafeCache` when caching is on
+    (Numba's own ``cache=True`` would have its failure modes, above)."""
+    from numba.core.ccallback import CFunc
+
+    from numba.core import sigutils
+
+    res = CFunc(fn, sigutils.normalize_signature(sig), locals={}, options=dict(nogil=True, error_model="numpy"))
+    if DIRECTORY is not None:
+        try:
+            res._cache = SafeCache(fn)
+        except Exception as exc:
+            _warn_once("attach", f"fastln: kernel cache disabled ({exc})")
+    res.compile()
+    return res
+
+
 def describe() -> dict:
     """Cache state for ``fastln info``: location, writability and entry count."""
     if DIRECTORY is None:

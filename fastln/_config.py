@@ -36,6 +36,11 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
 #: tested in tests/test_cache.py (numba issue 4807 is why numbagg keeps it opt-in).
 CACHE = _env_flag("FASTLN_CACHE", True)
 
+#: The torch bridge's compiled eager fast path (``fastln/torch/_native.cpp``), when it was
+#: built.  ``FASTLN_NATIVE=0`` runs every call through the Python bridge instead (same
+#: kernels, same results; the tests compare the two).
+NATIVE = _env_flag("FASTLN_NATIVE", True)
+
 #: LLVM fast-math flags for reduction loops (row sums): ``reassoc`` lets LLVM split a sum
 #: across SIMD lanes, ``contract`` allows FMA.  Never ``nnan``/``ninf``: NaN and Inf must
 #: propagate per row exactly as in torch.

@@ -134,15 +134,19 @@ def _layer_safe() -> bool:
 _pool_started = False
 
 
-def _start_pool() -> None:
+def start_pool() -> None:
     """Start Numba's thread pool before the first parallel launch.
 
     Numba starts it when it compiles a parallel kernel, or when it loads one from its cache
     (a reload hook of the kernel's code library).  A cached kernel that *calls* a parallel
     kernel, as the by-address kernels of the torch bridge do, may come without that hook;
     in a fresh process whose first parallel work went through one, the launch jumped into a
-    pool that was never started: a segfault.  Starting it is idempotent in Numba."""
+    pool that was never started: a segfault (and loading a cached C entry of
+    :mod:`fastln.cpu.entries` first aborts in LLVM: the pool's symbols are missing).
+    Starting it is idempotent in Numba."""
     global _pool_started
+    if _pool_started:
+        return
     from numba.np.ufunc.parallel import _launch_threads
 
     _launch_threads()
@@ -151,9 +155,9 @@ def _start_pool() -> None:
 
 def parallel_guard():
     """Context manager for a parallel launch: a no-op on thread-safe layers, else the lock.
-    Starts Numba's thread pool first, once (:func:`_start_pool`)."""
+    Starts Numba's thread pool first, once (:func:`start_pool`)."""
     if not _pool_started:
-        _start_pool()
+        start_pool()
     if _layer_safe():
         return contextlib.nullcontext()
     return PARALLEL_LOCK

@@ -18,7 +18,7 @@ import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
-from fastln.torch import _glue, _ops
+from fastln.torch import _fast, _glue, _ops
 
 __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "LayerNormFunction"]
 
@@ -29,6 +29,16 @@ _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _is_compiling = torch.compiler.is_compiling
 _is_tracing = torch._C._is_tracing
 _grad_enabled = torch.is_grad_enabled
+
+#: The compiled eager fast path (``_native.cpp``), or None (not built, or FASTLN_NATIVE=0).
+_native = _fast.norm
+
+
+def _plain_eager() -> bool:
+    """True outside torch.compile/export, tracing, torch.func transforms and forward-mode
+    AD: the calls the compiled fast path may take (it declines the rest of what it does not
+    know by returning None)."""
+    return not (_is_compiling() or _is_tracing() or _transforms_active()) and _fwad._current_level < 0
 
 
 def _composite_grads(gy, gres, h, eps, weight, norm, centered, need_params):
@@ -237,6 +247,10 @@ def layer_norm(
         bias (double backward runs in torch ops), and usable under torch.compile, torch.export,
         torch.jit.trace and torch.func (vmap, grad, jacrev, jacfwd, jvp).
     """
+    if _native is not None and _plain_eager():
+        y = _native(input, None, normalized_shape, weight, bias, eps, True)
+        if y is not None:
+            return y
     norm = _glue.shape_tuple(normalized_shape, "layer_norm")
     return _run(input, None, norm, weight, bias, _glue.eps_value(eps, "layer_norm"), True, "layer_norm")[0]
 
@@ -253,6 +267,10 @@ def rms_norm(
     rounded once.  ``eps=None`` is torch's default, ``torch.finfo`` of the computation
     dtype (float32's for half types).  See :func:`layer_norm` for the rest.
     """
+    if _native is not None and _plain_eager():
+        y = _native(input, None, normalized_shape, weight, None, eps, False)
+        if y is not None:
+            return y
     norm = _glue.shape_tuple(normalized_shape, "rms_norm")
     eps = _glue.eps_value(eps, "rms_norm", _input_dtype(input) or torch.float32)
     return _run(input, None, norm, weight, None, eps, False, "rms_norm")[0]
@@ -276,6 +294,10 @@ def add_layer_norm(
     """
     if residual is None:
         raise TypeError("add_layer_norm(): argument 'residual' must be Tensor, not NoneType")
+    if _native is not None and _plain_eager():
+        out = _native(x, residual, normalized_shape, weight, bias, eps, True)
+        if out is not None:
+            return out
     norm = _glue.shape_tuple(normalized_shape, "add_layer_norm")
     return _run(x, residual, norm, weight, bias, _glue.eps_value(eps, "add_layer_norm"), True, "add_layer_norm")
 
@@ -296,6 +318,10 @@ def add_rms_norm(
     """
     if residual is None:
         raise TypeError("add_rms_norm(): argument 'residual' must be Tensor, not NoneType")
+    if _native is not None and _plain_eager():
+        out = _native(x, residual, normalized_shape, weight, None, eps, False)
+        if out is not None:
+            return out
     norm = _glue.shape_tuple(normalized_shape, "add_rms_norm")
     eps = _glue.eps_value(eps, "add_rms_norm", _input_dtype(x) or torch.float32)
     return _run(x, residual, norm, weight, None, eps, False, "add_rms_norm")

@@ -1,0 +1,112 @@
+"""C-callable entries to the by-address kernels: what compiled callers (the torch bridge's
+native glue, ``fastln/torch/_native.cpp``) call through a function pointer.
+
+A call through Numba's dispatcher costs about a microsecond on the bridge's 18 arguments
+(typing each one), more than the kernel on a small input.  These entries are Numba
+``cfunc``\\ s with fixed C signatures: every argument a 64-bit integer (buffer addresses,
+sizes, and flags as 0/1, which sidesteps how a C ``bool`` meets Numba's ``i1``) or a
+double.  They do nothing but call :mod:`.by_address`, so results are bitwise those of the
+NumPy API and the Python bridge.
+
+Entries are compiled one at a time, on first request (:func:`address`), and kept in the
+kernel cache like every kernel.  The caller chooses serial or parallel as :mod:`fastln._api`
+does and guarantees what :mod:`.by_address` asks (C-contiguous buffers, alive, of the
+entry's dtype).  Numba's thread pool is started before the first entry is loaded: a cached
+entry that calls a parallel kernel comes without the hook that would start it (and LLVM
+then misses the pool's symbols).
+"""
+
+from __future__ import annotations
+
+import types as _pytypes
+
+import numpy as np
+from numba import types
+
+from fastln import _cache, _threading
+from fastln.cpu import by_address
+
+_i64 = types.int64
+#: ``(x, residual, weight, bias, y, residual_out, mean, rstd)`` addresses, ``rows, cols,
+#: has_residual, n_weight, n_bias, n_mean``, ``eps``, ``centered``.
+FORWARD_SIG = types.void(*([_i64] * 8), _i64, _i64, _i64, _i64, _i64, _i64, types.float64, _i64)
+#: ``(grad_y, x, mean, rstd, weight, grad_residual, grad_x, grad_weight, grad_bias)``
+#: addresses, ``rows, cols, n_mean, n_weight, has_grad_residual, n_params, n_chunks,
+#: rows_per_chunk, centered``.
+BACKWARD_SIG = types.void(*([_i64] * 9), *([_i64] * 9))
+
+
+def _forward_serial(x, res, w, b, y, h, mean, rstd, rows, cols, has_res, n_w, n_b, n_mean, eps, centered):
+    d = np.empty(0, _DTYPE)  # the witness of the buffers' dtype (statistics: the same)
+    by_address.forward_serial(d, d, x, res, w, b, y, h, mean, rstd, rows, cols, has_res != 0,
+                              n_w, n_b, n_mean, eps, centered != 0)
+
+
+def _forward_parallel(x, res, w, b, y, h, mean, rstd, rows, cols, has_res, n_w, n_b, n_mean, eps, centered):
+    d = np.empty(0, _DTYPE)
+    by_address.forward_parallel(d, d, x, res, w, b, y, h, mean, rstd, rows, cols, has_res != 0,
+                                n_w, n_b, n_mean, eps, centered != 0)
+
+
+def _backward_serial(gy, x, mean, rstd, w, gres, gx, dw, db, rows, cols, n_mean, n_w, has_gres, n_params,
+                     n_chunks, rows_per_chunk, centered):
+    d = np.empty(0, _DTYPE)
+    by_address.backward_serial(d, d, gy, x, mean, rstd, w, gres, gx, dw, db, rows, cols, n_mean, n_w,
+                               has_gres != 0, n_params, n_chunks, rows_per_chunk, centered != 0)
+
+
+def _backward_parallel(gy, x, mean, rstd, w, gres, gx, dw, db, rows, cols, n_mean, n_w, has_gres, n_params,
+                       n_chunks, rows_per_chunk, centered):
+    d = np.empty(0, _DTYPE)
+    by_address.backward_parallel(d, d, gy, x, mean, rstd, w, gres, gx, dw, db, rows, cols, n_mean, n_w,
+                                 has_gres != 0, n_params, n_chunks, rows_per_chunk, centered != 0)
+
+
+_DTYPE = np.float32  # rebound per entry by _specialise; here so that linters see the name
+
+#: The entries in the order the native glue indexes them: ``4 * dtype + kind``, dtype 0 for
+#: float32 and 1 for float64; kind 0 forward serial, 1 forward parallel, 2 backward serial,
+#: 3 backward parallel.
+DTYPES = (np.float32, np.float64)
+KINDS = (
+    (_forward_serial, FORWARD_SIG),
+    (_forward_parallel, FORWARD_SIG),
+    (_backward_serial, BACKWARD_SIG),
+    (_backward_parallel, BACKWARD_SIG),
+)
+_compiled: dict[int, object] = {}
+
+
+def _specialise(fn, dtype):
+    """``fn`` with ``_DTYPE`` bound to ``dtype`` and a qualname of its own (the kernel cache
+    names entries by qualname)."""
+    name = np.dtype(dtype).name
+    g = dict(fn.__globals__)
+    g["_DTYPE"] = dtype
+    f = _pytypes.FunctionType(fn.__code__, g, f"{fn.__name__}_{name}", fn.__defaults__, fn.__closure__)
+    f.__qualname__ = f"{fn.__qualname__}_{name}"
+    f.__module__ = fn.__module__
+    return f
+
+
+def name(index: int) -> str:
+    """``"forward_serial float32"``... for entry ``index``."""
+    fn, _ = KINDS[index % 4]
+    return f"{fn.__name__.lstrip('_')} {np.dtype(DTYPES[index // 4]).name}"
+
+
+def entry(index: int):
+    """The compiled ``cfunc`` of entry ``index`` (compiled, or loaded from the cache, once)."""
+    got = _compiled.get(index)
+    if got is None:
+        if not 0 <= index < 4 * len(DTYPES):
+            raise IndexError(f"fastln: no C entry {index}")
+        _threading.start_pool()
+        fn, sig = KINDS[index % 4]
+        got = _compiled[index] = _cache.cfunc(_specialise(fn, DTYPES[index // 4]), sig)
+    return got
+
+
+def address(index: int) -> int:
+    """Address of entry ``index``'s C function."""
+    return entry(index).address

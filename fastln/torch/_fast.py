@@ -1,0 +1,74 @@
+"""The bridge's eager fast path: the compiled glue of ``_native.cpp``, when it was built.
+
+``pip install --no-build-isolation`` (torch already installed; see the README) compiles
+``fastln.torch._native`` against the installed torch.  A plain ``pip install`` builds in an
+isolated environment without torch and skips it; so does a machine without a C++ compiler,
+and an extension built against another torch release fails to load.  In each case
+:data:`norm` is None and the Python bridge takes every call, with the same kernels and the
+same results.  ``FASTLN_NATIVE=0`` turns the fast path off (tests compare the two).
+
+:func:`norm` returns None for any call it does not take (see ``_native.cpp``); the caller
+then runs the Python path, which checks and raises torch's errors.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastln import _config, _threading
+
+#: Why the compiled glue is not in use, or None when it is.
+WHY_NOT: str | None = None
+norm = None
+
+
+def _backward(grad_y, grad_res, h, mean, rstd, weight, normalized_shape, eps, centered, needs):
+    """The Python backward, for what the compiled one does not take: a graph of the
+    gradient (double backward) or gradients of an unusual kind.  ``(gx, gr, gw, gb)``;
+    every input of the fast path has ``h``'s dtype."""
+    import torch
+
+    from fastln.torch import functional
+
+    rows = rstd.numel()
+    composite = torch.is_grad_enabled() or any(
+        t is not None and functional._is_wrapped(t) for t in (grad_y, grad_res)
+    )
+    dt = h.dtype
+    return functional._gradients(grad_y, grad_res, h, mean, rstd, weight, tuple(normalized_shape), rows,
+                                 h.numel() // rows, eps, centered, needs, (dt, dt, dt, dt), composite)
+
+
+def _load():
+    global norm, WHY_NOT
+    if not _config.NATIVE:
+        WHY_NOT = "turned off (FASTLN_NATIVE=0)"
+        return
+    try:
+        from fastln.torch import _native
+    except ImportError as exc:  # not built, or built against another torch
+        WHY_NOT = f"not built or not loadable ({exc})"
+        return
+    from fastln.cpu import entries
+
+    _threading.start_pool()
+    if _threading.active_layer() not in ("tbb", "omp"):
+        # workqueue is not thread-safe: the Python path serialises its parallel launches.
+        WHY_NOT = f"the '{_threading.active_layer()}' threading layer is not thread-safe"
+        return
+    _native.configure(
+        entries.address, _backward, _config.SERIAL_BELOW, _config.ROW_COST, _config.COL_SPLIT_MIN,
+        _config.MAX_CHUNKS, _config.MAX_PARTIAL_BYTES, _config.MIN_CHUNK_ELEMS,
+    )
+    _native.set_parallel(_threading.parallel_ok())
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=lambda: _native.set_parallel(_threading.parallel_ok()))
+    norm = _native.norm
+
+
+def describe() -> dict:
+    """For ``fastln info``."""
+    return {"in_use": norm is not None, "why_not": WHY_NOT}
+
+
+_load()
