@@ -9,7 +9,7 @@ run, or, as the test suite does, at the start of a session), and spreads the ker
 
 Each task calls one kernel once on tiny arrays of the types the API passes: float32 and
 float64 rows (serial and parallel, row and column kernels, the by-address kernels of the
-torch bridge) and half-precision bits.
+torch bridge and their C entries) and half-precision bits.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from fastln import cpu
-from fastln.cpu import _half, by_address
+from fastln.cpu import _half, by_address, entries
 
 
 def _rows(dt, rows=4, cols=8):
@@ -67,6 +67,10 @@ def _backward_address(kernel, dt):
            rows, cols, rows, cols, False, cols, 1, rows, True)
 
 
+def _entry(index, _dt):
+    entries.entry(index)
+
+
 def _half_forward(kernel, _dt):
     xu = np.full((4, 8), 0x3F80, np.uint16)
     none = np.empty((0, 8), np.uint16)
@@ -105,18 +109,21 @@ def tasks() -> list:
             ):
                 where = "by_address." if module is by_address else ""
                 out.append((f"{where}{prefix}{kind} {np.dtype(dt).name}", call, getattr(module, prefix + kind), dt))
+            base = 4 * entries.DTYPES.index(dt)  # the C entries of the torch bridge's glue
+            for index in (base, base + 2) if kind == "serial" else (base + 1, base + 3):
+                out.append((f"entries.{entries.name(index)}", _entry, index, dt))
         out.append((f"forward_half_{kind}", _half_forward, getattr(cpu, f"forward_half_{kind}"), None))
         out.append((f"backward_half_{kind}", _half_backward, getattr(cpu, f"backward_half_{kind}"), None))
     return out
 
 
 def shares(jobs: int) -> list[list[int]]:
-    """Task indices for each of ``jobs`` processes: a by-address kernel goes with the kernel
-    it wraps (else it compiles that too), and the groups are dealt out longest first to the
+    """Task indices for each of ``jobs`` processes: a by-address kernel and its C entry go
+    with the kernel they wrap (else they compile that too), and the groups are dealt out longest first to the
     least loaded process."""
     groups: dict[str, list[int]] = {}
     for i, (name, *_) in enumerate(tasks()):
-        groups.setdefault(name.removeprefix("by_address."), []).append(i)
+        groups.setdefault(name.removeprefix("by_address.").removeprefix("entries."), []).append(i)
     load = [0.0] * jobs
     out: list[list[int]] = [[] for _ in range(jobs)]
     for key in sorted(groups, key=lambda k: -_COST.get(k.split()[0], 1.5)):

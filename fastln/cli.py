@@ -74,6 +74,7 @@ def info_dict() -> dict:
         "numba": numba.__version__,
         "numpy": np.__version__,
         "torch": None,
+        "torch_native_glue": None,
         "threading_layer": _threading.active_layer(),
         "threading_requested": _threading.REQUESTED_LAYER,
         "forked_from_openmp": _threading.FORKED_FROM_OPENMP,
@@ -89,6 +90,10 @@ def info_dict() -> dict:
         info["torch"] = torch.__version__
     except ImportError:
         pass
+    else:
+        from fastln.torch import _fast
+
+        info["torch_native_glue"] = _fast.describe()
     return info
 
 

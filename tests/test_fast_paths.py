@@ -1,9 +1,12 @@
 """The bridge's fast paths keep what the slow ones give: the same bits, gradients and errors.
 
-Paths (fastln/torch/functional.py): no-grad (kernels by address, statistics not kept), plain
-eager autograd (_EagerNorm), torch.func/forward-AD (_NormFunction) and the custom op; under
-them the address kernels (CPU float32/64 contiguous) or the NumPy-view kernels (anything
-else).  All must agree bitwise with the NumPy API on the same data.
+Paths (fastln/torch/functional.py): the compiled glue (fastln/torch/_native.cpp, when
+built: no-grad and eager autograd for plain CPU float32/64 tensors), and the Python bridge:
+no-grad (kernels by address, statistics not kept), plain eager autograd (_EagerNorm),
+torch.func/forward-AD (_NormFunction) and the custom op; under them the address kernels (CPU
+float32/64 contiguous) or the NumPy-view kernels (anything else).  All must agree bitwise
+with the NumPy API on the same data.  Tests taking the ``route`` fixture run twice: with the
+compiled glue (skipped where it is not built) and with the Python bridge alone.
 """
 
 import numpy as np
@@ -13,8 +16,19 @@ import fastln
 
 torch = pytest.importorskip("torch")
 import fastln.torch as ft  # noqa: E402
-from fastln.torch import _glue  # noqa: E402
+from fastln.torch import _fast, _glue, functional  # noqa: E402
 from fastln.torch.functional import _NormFunction  # noqa: E402
+
+@pytest.fixture(params=["native", "python"])
+def route(request, monkeypatch):
+    """Run the test through the compiled glue, then through the Python bridge alone."""
+    if request.param == "native":
+        if functional._native is None:
+            pytest.skip(f"the compiled glue is not in use: {_fast.WHY_NOT}")
+    else:
+        monkeypatch.setattr(functional, "_native", None)
+    return request.param
+
 
 SHAPES = [(1, 7), (2, 3), (33, 70), (8, 16, 96), (300, 257), (3, 70000)]
 
@@ -59,7 +73,7 @@ def _call(x, r, w, b, centered):
 @pytest.mark.parametrize("centered", [True, False], ids=["layer", "rms"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("affine", ["wb", "w", "none"])
-def test_every_path_gives_the_numpy_apis_bits(shape, dtype, centered, residual, affine):
+def test_every_path_gives_the_numpy_apis_bits(shape, dtype, centered, residual, affine, route):
     x, r, gy, w, b = _tensors(shape, dtype)
     r = r if residual else None
     w = w if affine != "none" else None
@@ -96,6 +110,7 @@ def test_every_path_gives_the_numpy_apis_bits(shape, dtype, centered, residual, 
 
 def test_the_address_kernels_are_the_path_taken_for_plain_float32(monkeypatch):
     """So that the test above compares two different routes, not one route twice."""
+    monkeypatch.setattr(functional, "_native", None)
     hits = []
     real = _glue._forward_direct
 
@@ -113,7 +128,7 @@ def test_the_address_kernels_are_the_path_taken_for_plain_float32(monkeypatch):
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_fast_paths_raise_what_the_checks_raise(grad):
+def test_fast_paths_raise_what_the_checks_raise(grad, route):
     x = torch.randn(4, 8, requires_grad=grad)
     with pytest.raises(RuntimeError, match=r"Given normalized_shape=\[7\]"):
         ft.layer_norm(x, (7,))
@@ -127,7 +142,7 @@ def test_fast_paths_raise_what_the_checks_raise(grad):
         ft.layer_norm(x, (8,), eps="small")
 
 
-def test_no_grad_path_does_not_build_a_graph_and_grad_path_does():
+def test_no_grad_path_does_not_build_a_graph_and_grad_path_does(route):
     x = torch.randn(3, 5, requires_grad=True)
     with torch.no_grad():
         assert ft.layer_norm(x, (5,)).grad_fn is None
@@ -137,7 +152,7 @@ def test_no_grad_path_does_not_build_a_graph_and_grad_path_does():
     assert y2.grad_fn is not None and h.grad_fn is not None
 
 
-def test_gradients_flow_through_residual_out_too():
+def test_gradients_flow_through_residual_out_too(route):
     """h = x + r is an output of its own: gradients reaching it add into x's and r's."""
     x, r, gy, w, _ = _tensors((6, 10), torch.float64)
     x.requires_grad_()
@@ -153,7 +168,7 @@ def test_gradients_flow_through_residual_out_too():
     torch.testing.assert_close(gr, er)
 
 
-def test_expanded_gradients_are_read_correctly():
+def test_expanded_gradients_are_read_correctly(route):
     """``y.sum().backward()`` hands backward an expanded (stride-0) gradient."""
     x = torch.randn(5, 9, dtype=torch.float64, requires_grad=True)
     w = torch.randn(9, dtype=torch.float64, requires_grad=True)

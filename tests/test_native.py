@@ -1,0 +1,215 @@
+"""The compiled eager fast path (fastln/torch/_native.cpp): what it takes, what it leaves to
+the Python bridge, and that autograd through it behaves as torch's own nodes do.
+
+Bitwise agreement with the Python bridge and the NumPy API on every path is in
+tests/test_fast_paths.py (its ``route`` fixture); here are the glue's own duties.
+"""
+
+import multiprocessing as mp
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import fastln.torch as ft  # noqa: E402
+from fastln.torch import _fast, functional  # noqa: E402
+
+native = functional._native
+pytestmark = pytest.mark.skipif(native is None, reason=f"the compiled glue is not in use: {_fast.WHY_NOT}")
+
+
+def _data(shape, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = shape[-1]
+    return (torch.randn(shape, generator=g, dtype=dtype), torch.randn(n, generator=g, dtype=dtype),
+            torch.randn(n, generator=g, dtype=dtype))
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def test_it_takes_plain_calls_in_every_accepted_spelling():
+    x, w, b = _data((4, 5, 6))
+    want = F.layer_norm(x, (6,), w, b)
+    for shape in (6, (6,), [6], torch.Size([6])):
+        got = native(x, None, shape, w, b, 1e-5, True)
+        assert got is not None
+        torch.testing.assert_close(got, want)
+    y = native(x, None, (5, 6), None, None, 1e-5, True)  # two normalised dims, no affine
+    torch.testing.assert_close(y, F.layer_norm(x, (5, 6)))
+    y = native(x, None, (6,), w, None, None, False)  # RMSNorm's eps=None: finfo(float32).eps
+    torch.testing.assert_close(y, F.rms_norm(x, (6,), w, None))
+
+
+@pytest.mark.parametrize(
+    "why, call",
+    [
+        ("a Tensor subclass", lambda x, w, b: (x.as_subclass(_Sub), None, (6,), w, b, 1e-5, True)),
+        ("a strided view", lambda x, w, b: (x.transpose(0, 1), None, (6,), w, b, 1e-5, True)),
+        ("half precision", lambda x, w, b: (x.bfloat16(), None, (6,), w.bfloat16(), b.bfloat16(), 1e-5, True)),
+        ("mixed dtypes", lambda x, w, b: (x, None, (6,), w.double(), b, 1e-5, True)),
+        ("an int eps", lambda x, w, b: (x, None, (6,), w, b, 0, True)),
+        ("a tensor eps", lambda x, w, b: (x, None, (6,), w, b, torch.tensor(1e-5), True)),
+        ("eps=None for LayerNorm", lambda x, w, b: (x, None, (6,), w, b, None, True)),
+        ("NumPy ints in the shape", lambda x, w, b: (x, None, (np.int64(6),), w, b, 1e-5, True)),
+        ("a bool in the shape", lambda x, w, b: (x, None, (True,), w, b, 1e-5, True)),
+        ("a wrong shape", lambda x, w, b: (x, None, (7,), w, b, 1e-5, True)),
+        ("an empty shape", lambda x, w, b: (x, None, (), w, b, 1e-5, True)),
+        ("a wrong weight shape", lambda x, w, b: (x, None, (6,), w[:5], b, 1e-5, True)),
+        ("a wrong residual shape", lambda x, w, b: (x, x[:1], (6,), w, b, 1e-5, True)),
+        ("no rows", lambda x, w, b: (x[:0], None, (6,), w, b, 1e-5, True)),
+        ("a meta tensor", lambda x, w, b: (x.to("meta"), None, (6,), None, None, 1e-5, True)),
+        ("not a tensor", lambda x, w, b: (x.numpy(), None, (6,), w, b, 1e-5, True)),
+        ("a weight that is not a tensor", lambda x, w, b: (x, None, (6,), [1.0] * 6, b, 1e-5, True)),
+    ],
+)
+def test_it_leaves_everything_else_to_the_python_bridge(why, call):
+    """None means "not mine": the Python bridge then computes or raises torch's error."""
+    x, w, b = _data((4, 5, 6))
+    assert native(*call(x, w, b)) is None, why
+
+
+def test_few_very_wide_rows_go_to_the_column_kernels_of_the_python_bridge():
+    x = torch.randn(3, 70000)
+    assert native(x, None, (70000,), None, None, 1e-5, True) is None
+    torch.testing.assert_close(ft.layer_norm(x, (70000,)), F.layer_norm(x, (70000,)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("centered", [True, False], ids=["layer", "rms"])
+def test_double_backward_goes_to_the_python_backward(centered):
+    """create_graph=True: the compiled node hands the gradient to the Python bridge's
+    differentiable backward, so gradients of gradients match torch's."""
+    x, w, b = _data((5, 9), torch.float64)
+    grads = []
+    for f in (ft, F):
+        xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = f.layer_norm(xl, (9,), wl, b) if centered else f.rms_norm(xl, (9,), wl, 1e-5)
+        gx, gw = torch.autograd.grad((y * y.detach()).sum(), (xl, wl), create_graph=True)
+        grads.append(torch.autograd.grad((gx.sin().sum() + gw.square().sum()), (xl, wl)))
+    for a, e in zip(*grads, strict=True):
+        torch.testing.assert_close(a, e)
+
+
+def test_only_residual_out_used():
+    """y takes no gradient, h does: the node gets zeros for y (materialised) and passes
+    h's gradient to x and the residual."""
+    x, w, b = _data((4, 8), torch.float64)
+    r = torch.randn(4, 8, dtype=torch.float64)
+    xl, rl = x.clone().requires_grad_(), r.clone().requires_grad_()
+    _, h = ft.add_layer_norm(xl, rl, (8,), w, b)
+    gx, gr = torch.autograd.grad(h.sum() * 3, (xl, rl))
+    assert torch.equal(gx, torch.full_like(x, 3.0)) and torch.equal(gr, torch.full_like(r, 3.0))
+
+
+def test_in_place_change_of_a_saved_input_is_caught():
+    x, w, b = _data((4, 8))
+    xl = x.clone().requires_grad_()
+    xi = xl * 1.0
+    y = ft.layer_norm(xi, (8,), w, b)
+    xi.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_saved_tensor_hooks_see_the_saved_tensors():
+    x, w, b = _data((4, 8))
+    xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+    packed = []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = ft.layer_norm(xl, (8,), wl, b)
+    assert torch.Size([4, 8]) in packed
+    y.sum().backward()
+    e = xl.detach().clone().requires_grad_()
+    F.layer_norm(e, (8,), wl.detach(), b).sum().backward()
+    torch.testing.assert_close(xl.grad, e.grad)
+
+
+def test_inference_mode_and_no_grad():
+    x, w, b = _data((4, 8))
+    wl = w.clone().requires_grad_()
+    with torch.inference_mode():
+        y = ft.layer_norm(x, (8,), wl, b)
+    assert y.is_inference() and not y.requires_grad
+    with torch.no_grad():
+        y2 = ft.layer_norm(x, (8,), wl, b)
+    assert y2.grad_fn is None
+    assert torch.equal(y, y2)
+
+
+@pytest.mark.parametrize("shape", [(3, 40), (512, 1024)], ids=str)
+def test_many_python_threads_at_once(shape):
+    """Calls from several threads (serial and parallel kernels; the parallel ones release
+    the GIL) give each thread the single-threaded result, forward and backward."""
+    x, w, b = _data(shape)
+    gy = torch.randn(shape)
+
+    def step(out, k):
+        xl, wl = (x + k).requires_grad_(), w.clone().requires_grad_()
+        y = ft.layer_norm(xl, shape[-1:], wl, b)
+        out[k] = (y.detach(), *torch.autograd.grad(y, (xl, wl), gy))
+
+    alone: dict = {}
+    for k in range(4):
+        step(alone, k)
+    together: dict = {}
+    for _ in range(3):
+        threads = [threading.Thread(target=step, args=(together, k)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for k in range(4):
+            for a, e in zip(together[k], alone[k], strict=True):
+                assert torch.equal(a, e)
+
+
+def _child(conn):
+    torch.set_num_threads(1)  # as DataLoader workers do: torch's GNU OpenMP hangs in a forked child
+    x = torch.linspace(-3, 3, 512 * 256).reshape(512, 256).requires_grad_()
+    y = ft.layer_norm(x, (256,))
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    conn.send((y.detach().numpy(), gx.numpy()))
+    conn.close()
+
+
+def test_a_forked_child_uses_it_too():
+    """DataLoader workers are forked: the glue (and its parallel kernels) work in the child."""
+    x = torch.linspace(-3, 3, 512 * 256).reshape(512, 256).requires_grad_()
+    y = ft.layer_norm(x, (256,))
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_child, args=(child,))
+    p.start()
+    got = parent.recv()
+    p.join(60)
+    assert p.exitcode == 0
+    np.testing.assert_array_equal(got[0], y.detach().numpy())
+    np.testing.assert_array_equal(got[1], gx.numpy())
+
+
+def test_parameter_gradients_do_not_depend_on_the_thread_count():
+    """The glue's port of fastln._api.chunking splits by shape alone."""
+    import numba
+
+    x, w, b = _data((3000, 96))
+    gy = torch.randn(3000, 96)
+    got = []
+    n = numba.get_num_threads()
+    try:
+        for threads in (1, n):
+            numba.set_num_threads(threads)
+            wl, bl = w.clone().requires_grad_(), b.clone().requires_grad_()
+            got.append(torch.autograd.grad(ft.layer_norm(x, (96,), wl, bl), (wl, bl), gy))
+    finally:
+        numba.set_num_threads(n)
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
