@@ -168,9 +168,8 @@ def jit(**options):
 def cfunc(fn, sig):
     """``numba.cfunc(sig)(fn)``, compiled now, with :class:`SafeCache` when caching is on
     (Numba's own ``cache=True`` would have its failure modes, above)."""
-    from numba.core.ccallback import CFunc
-
     from numba.core import sigutils
+    from numba.core.ccallback import CFunc
 
     res = CFunc(fn, sigutils.normalize_signature(sig), locals={}, options=dict(nogil=True, error_model="numpy"))
     if DIRECTORY is not None:

@@ -19,6 +19,7 @@ import fastln.torch as ft  # noqa: E402
 from fastln.torch import _fast, _glue, functional  # noqa: E402
 from fastln.torch.functional import _NormFunction  # noqa: E402
 
+
 @pytest.fixture(params=["native", "python"])
 def route(request, monkeypatch):
     """Run the test through the compiled glue, then through the Python bridge alone."""
