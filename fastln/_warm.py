@@ -109,9 +109,12 @@ def tasks() -> list:
             ):
                 where = "by_address." if module is by_address else ""
                 out.append((f"{where}{prefix}{kind} {np.dtype(dt).name}", call, getattr(module, prefix + kind), dt))
-            base = 4 * entries.DTYPES.index(dt)  # the C entries of the torch bridge's glue
-            for index in (base, base + 2) if kind == "serial" else (base + 1, base + 3):
-                out.append((f"entries.{entries.name(index)}", _entry, index, dt))
+            if kind == "serial":  # the C entries of the torch bridge's glue (all serial)
+                base = len(entries.KINDS) * entries.DTYPES.index(dt)
+                for index in range(base, base + len(entries.KINDS)):
+                    # "entries.forward float32" groups with the forward_serial kernels it wraps
+                    label = entries.name(index).replace("forward ", "forward_serial ")
+                    out.append((f"entries.{label}", _entry, index, dt))
         out.append((f"forward_half_{kind}", _half_forward, getattr(cpu, f"forward_half_{kind}"), None))
         out.append((f"backward_half_{kind}", _half_backward, getattr(cpu, f"backward_half_{kind}"), None))
     return out

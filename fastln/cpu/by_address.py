@@ -21,6 +21,7 @@ from numba import carray, types
 from numba.extending import intrinsic
 
 from fastln.cpu import _jit, kernels
+from fastln.cpu._rows import reduce_partials
 
 
 @intrinsic
@@ -121,3 +122,27 @@ def backward_parallel(data, stat, gy_at, x_at, mean_at, rstd_at, w_at, gres_at, 
         data, stat, gy_at, x_at, mean_at, rstd_at, w_at, gres_at, gx_at, dw_at, db_at,
         rows, cols, n_mean, n_w, has_gres, n_params, n_chunks)
     kernels.backward_parallel(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, rows_per_chunk)
+
+
+@_jit.sweep
+def backward_chunks(data, stat, gy_at, x_at, mean_at, rstd_at, w_at, gres_at, gx_at, dwp_at, dbp_at,
+                    rows, cols, n_mean, n_w, has_gres, n_params, n_chunks, rows_per_chunk, first, stop, centered):
+    """:func:`.kernels.backward_chunks` on buffers given by address: chunks ``first`` to
+    ``stop - 1`` write their rows of grad_x and their rows of the float64 ``(n_chunks,
+    n_params)`` partials at ``dwp_at``/``dbp_at`` (zeroed by the caller)."""
+    part = np.empty(0, np.float64)
+    kernels.backward_chunks(
+        _matrix(gy_at, data, rows, cols), _matrix(x_at, data, rows, cols), _vector(mean_at, stat, n_mean),
+        _vector(rstd_at, stat, rows), _vector(w_at, data, n_w), centered,
+        _matrix(gres_at, data, rows if has_gres else 0, cols), _matrix(gx_at, data, rows, cols), _matrix(dwp_at, part, n_chunks, n_params),
+        _matrix(dbp_at, part, n_chunks, n_params), rows_per_chunk, first, stop,
+    )
+
+
+@_jit.sweep
+def reduce(data, dwp_at, dbp_at, dw_at, db_at, n_chunks, n_params):
+    """grad_weight/grad_bias (``data``'s dtype) from the float64 chunk partials, summed in
+    chunk order."""
+    part = np.empty(0, np.float64)
+    reduce_partials(_matrix(dwp_at, part, n_chunks, n_params), _matrix(dbp_at, part, n_chunks, n_params),
+                    _vector(dw_at, data, n_params), _vector(db_at, data, n_params))

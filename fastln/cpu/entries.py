@@ -9,11 +9,9 @@ double.  They do nothing but call :mod:`.by_address`, so results are bitwise tho
 NumPy API and the Python bridge.
 
 Entries are compiled one at a time, on first request (:func:`address`), and kept in the
-kernel cache like every kernel.  The caller chooses serial or parallel as :mod:`fastln._api`
-does and guarantees what :mod:`.by_address` asks (C-contiguous buffers, alive, of the
-entry's dtype).  Numba's thread pool is started before the first entry is loaded: a cached
-entry that calls a parallel kernel comes without the hook that would start it (and LLVM
-then misses the pool's symbols).
+kernel cache like every kernel.  They are serial; the caller splits rows (forward) or the
+backward's fixed chunks (:func:`fastln._api.chunking`) over threads of its own, and
+guarantees what :mod:`.by_address` asks (C-contiguous buffers, alive, of the entry's dtype).
 """
 
 from __future__ import annotations
@@ -23,56 +21,50 @@ import types as _pytypes
 import numpy as np
 from numba import types
 
-from fastln import _cache, _threading
+from fastln import _cache
 from fastln.cpu import by_address
 
 _i64 = types.int64
 #: ``(x, residual, weight, bias, y, residual_out, mean, rstd)`` addresses, ``rows, cols,
 #: has_residual, n_weight, n_bias, n_mean``, ``eps``, ``centered``.
 FORWARD_SIG = types.void(*([_i64] * 8), _i64, _i64, _i64, _i64, _i64, _i64, types.float64, _i64)
-#: ``(grad_y, x, mean, rstd, weight, grad_residual, grad_x, grad_weight, grad_bias)``
+#: ``(grad_y, x, mean, rstd, weight, grad_residual, grad_x, weight_partials, bias_partials)``
 #: addresses, ``rows, cols, n_mean, n_weight, has_grad_residual, n_params, n_chunks,
-#: rows_per_chunk, centered``.
-BACKWARD_SIG = types.void(*([_i64] * 9), *([_i64] * 9))
+#: rows_per_chunk, first_chunk, stop_chunk, centered``.
+CHUNKS_SIG = types.void(*([_i64] * 9), *([_i64] * 11))
+#: ``(weight_partials, bias_partials, grad_weight, grad_bias)`` addresses, ``n_chunks, n_params``.
+REDUCE_SIG = types.void(*([_i64] * 6))
 
 
-def _forward_serial(x, res, w, b, y, h, mean, rstd, rows, cols, has_res, n_w, n_b, n_mean, eps, centered):
+def _forward(x, res, w, b, y, h, mean, rstd, rows, cols, has_res, n_w, n_b, n_mean, eps, centered):
     d = np.empty(0, _DTYPE)  # the witness of the buffers' dtype (statistics: the same)
     by_address.forward_serial(d, d, x, res, w, b, y, h, mean, rstd, rows, cols, has_res != 0,
                               n_w, n_b, n_mean, eps, centered != 0)
 
 
-def _forward_parallel(x, res, w, b, y, h, mean, rstd, rows, cols, has_res, n_w, n_b, n_mean, eps, centered):
+def _backward_chunks(gy, x, mean, rstd, w, gres, gx, dwp, dbp, rows, cols, n_mean, n_w, has_gres, n_params,
+                     n_chunks, rows_per_chunk, first, stop, centered):
     d = np.empty(0, _DTYPE)
-    by_address.forward_parallel(d, d, x, res, w, b, y, h, mean, rstd, rows, cols, has_res != 0,
-                                n_w, n_b, n_mean, eps, centered != 0)
+    by_address.backward_chunks(d, d, gy, x, mean, rstd, w, gres, gx, dwp, dbp, rows, cols, n_mean, n_w,
+                               has_gres != 0, n_params, n_chunks, rows_per_chunk, first, stop, centered != 0)
 
 
-def _backward_serial(gy, x, mean, rstd, w, gres, gx, dw, db, rows, cols, n_mean, n_w, has_gres, n_params,
-                     n_chunks, rows_per_chunk, centered):
-    d = np.empty(0, _DTYPE)
-    by_address.backward_serial(d, d, gy, x, mean, rstd, w, gres, gx, dw, db, rows, cols, n_mean, n_w,
-                               has_gres != 0, n_params, n_chunks, rows_per_chunk, centered != 0)
-
-
-def _backward_parallel(gy, x, mean, rstd, w, gres, gx, dw, db, rows, cols, n_mean, n_w, has_gres, n_params,
-                       n_chunks, rows_per_chunk, centered):
-    d = np.empty(0, _DTYPE)
-    by_address.backward_parallel(d, d, gy, x, mean, rstd, w, gres, gx, dw, db, rows, cols, n_mean, n_w,
-                                 has_gres != 0, n_params, n_chunks, rows_per_chunk, centered != 0)
+def _reduce(dwp, dbp, dw, db, n_chunks, n_params):
+    by_address.reduce(np.empty(0, _DTYPE), dwp, dbp, dw, db, n_chunks, n_params)
 
 
 _DTYPE = np.float32  # rebound per entry by _specialise; here so that linters see the name
 
-#: The entries in the order the native glue indexes them: ``4 * dtype + kind``, dtype 0 for
-#: float32 and 1 for float64; kind 0 forward serial, 1 forward parallel, 2 backward serial,
-#: 3 backward parallel.
+#: The entries in the order the native glue indexes them: ``3 * dtype + kind``, dtype 0 for
+#: float32 and 1 for float64; kind 0 forward rows, 1 backward chunks, 2 the reduction of
+#: the backward's parameter-gradient partials.  All serial: the glue runs them on torch's
+#: thread pool (rows or chunks per thread), which is what keeps Numba's and torch's worker
+#: threads from fighting over the cores.
 DTYPES = (np.float32, np.float64)
 KINDS = (
-    (_forward_serial, FORWARD_SIG),
-    (_forward_parallel, FORWARD_SIG),
-    (_backward_serial, BACKWARD_SIG),
-    (_backward_parallel, BACKWARD_SIG),
+    (_forward, FORWARD_SIG),
+    (_backward_chunks, CHUNKS_SIG),
+    (_reduce, REDUCE_SIG),
 )
 _compiled: dict[int, object] = {}
 
@@ -90,20 +82,19 @@ def _specialise(fn, dtype):
 
 
 def name(index: int) -> str:
-    """``"forward_serial float32"``... for entry ``index``."""
-    fn, _ = KINDS[index % 4]
-    return f"{fn.__name__.lstrip('_')} {np.dtype(DTYPES[index // 4]).name}"
+    """``"forward float32"``... for entry ``index``."""
+    fn, _ = KINDS[index % len(KINDS)]
+    return f"{fn.__name__.lstrip('_')} {np.dtype(DTYPES[index // len(KINDS)]).name}"
 
 
 def entry(index: int):
     """The compiled ``cfunc`` of entry ``index`` (compiled, or loaded from the cache, once)."""
     got = _compiled.get(index)
     if got is None:
-        if not 0 <= index < 4 * len(DTYPES):
+        if not 0 <= index < len(KINDS) * len(DTYPES):
             raise IndexError(f"fastln: no C entry {index}")
-        _threading.start_pool()
-        fn, sig = KINDS[index % 4]
-        got = _compiled[index] = _cache.cfunc(_specialise(fn, DTYPES[index // 4]), sig)
+        fn, sig = KINDS[index % len(KINDS)]
+        got = _compiled[index] = _cache.cfunc(_specialise(fn, DTYPES[index // len(KINDS)]), sig)
     return got
 
 

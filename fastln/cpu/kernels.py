@@ -385,6 +385,17 @@ def _backward_cols(gy, x, mean, rstd, w, centered, gres, gx, dw, db):
             db[lo + j] = sum_b[j]
 
 
+@_jit.sweep
+def backward_chunks(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, rows_per_chunk, first, stop):
+    """Chunks ``first..stop-1`` of :func:`_backward_rows`, one after another, into the
+    caller's float64 partials (zeroed): for callers that run the chunks on threads of their
+    own (the torch bridge's glue runs them on torch's pool) and then reduce the partials in
+    chunk order with :func:`._rows.reduce_partials`.  Each chunk's work is the parallel
+    kernel's, so the results are bitwise the same."""
+    for c in range(first, stop):
+        _backward_chunk(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, c, rows_per_chunk)
+
+
 forward_parallel, forward_serial = _jit.twins(_forward_rows)
 backward_parallel, backward_serial = _jit.twins(_backward_rows)
 forward_half_parallel, forward_half_serial = _jit.twins(_forward_half)

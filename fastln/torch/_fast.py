@@ -7,15 +7,17 @@ and an extension built against another torch release fails to load.  In each cas
 :data:`norm` is None and the Python bridge takes every call, with the same kernels and the
 same results.  ``FASTLN_NATIVE=0`` turns the fast path off (tests compare the two).
 
+The glue runs parallel work on torch's intra-op thread pool (``torch.set_num_threads``
+applies), where the Python bridge uses Numba's: in a model, torch's OpenMP workers spin for a
+while after each torch op, and Numba's workers would fight them for the cores.
+
 :func:`norm` returns None for any call it does not take (see ``_native.cpp``); the caller
 then runs the Python path, which checks and raises torch's errors.
 """
 
 from __future__ import annotations
 
-import os
-
-from fastln import _config, _threading
+from fastln import _config
 
 #: Why the compiled glue is not in use, or None when it is.
 WHY_NOT: str | None = None
@@ -51,18 +53,10 @@ def _load():
         return
     from fastln.cpu import entries
 
-    _threading.start_pool()
-    if _threading.active_layer() not in ("tbb", "omp"):
-        # workqueue is not thread-safe: the Python path serialises its parallel launches.
-        WHY_NOT = f"the '{_threading.active_layer()}' threading layer is not thread-safe"
-        return
     _native.configure(
         entries.address, _backward, _config.SERIAL_BELOW, _config.ROW_COST, _config.COL_SPLIT_MIN,
         _config.MAX_CHUNKS, _config.MAX_PARTIAL_BYTES, _config.MIN_CHUNK_ELEMS,
     )
-    _native.set_parallel(_threading.parallel_ok())
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=lambda: _native.set_parallel(_threading.parallel_ok()))
     norm = _native.norm
 
 

@@ -5,7 +5,7 @@
 // dispatch of 18 arguments), and a Python autograd round trip on top with gradients.  Here
 // the checks, the allocations, the kernel call (a C function pointer to a Numba cfunc of
 // fastln/cpu/entries.py) and the autograd node (a C++ torch::autograd::Function) cost about
-// a microsecond.
+// a microsecond.  Parallel work runs on torch's own thread pool.
 //
 // It takes only the common case: plain (not subclassed, not Python-dispatched) contiguous
 // CPU float32/float64 tensors of one dtype, int/sequence normalized_shape, a float eps, row
@@ -14,6 +14,7 @@
 // a graph (create_graph=True).  The kernels are the Python path's, so results are bitwise
 // the same.  The serial/parallel choice and the backward chunking are fastln._api's,
 // with its constants handed over by configure().
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/version.h>
 
@@ -33,18 +34,19 @@ using torch::autograd::variable_list;
 
 using ForwardFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                            int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, int64_t);
-using BackwardFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                            int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                            int64_t, int64_t);
+using ChunksFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                          int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                          int64_t, int64_t);
+using ReduceFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
 
-enum Kind { FORWARD_SERIAL = 0, FORWARD_PARALLEL = 1, BACKWARD_SERIAL = 2, BACKWARD_PARALLEL = 3 };
+// fastln.cpu.entries: entry 3 * dtype + kind (dtype 0 float32, 1 float64).
+enum Kind { FORWARD = 0, BACKWARD_CHUNKS = 1, REDUCE = 2 };
 
 struct Config {
   bool configured = false;
   int64_t serial_below = 0, row_cost = 0, col_split_min = 0, max_chunks = 1;
   int64_t max_partial_bytes = 0, min_chunk_elems = 1;
-  std::atomic<bool> parallel_ok{true};
-  std::atomic<int64_t> entries[8] = {};
+  std::atomic<int64_t> entries[6] = {};
   // Python callables, kept for the life of the process (never decref'd: they must outlive
   // every autograd node, and static destructors run after the interpreter is gone).
   PyObject* resolve = nullptr;   // index -> address of fastln.cpu.entries' cfunc
@@ -53,7 +55,7 @@ struct Config {
 Config cfg;
 
 int64_t entry(bool f64, Kind kind) {
-  const int i = 4 * (f64 ? 1 : 0) + kind;
+  const int i = 3 * (f64 ? 1 : 0) + kind;
   int64_t a = cfg.entries[i].load(std::memory_order_acquire);
   if (a == 0) {  // first use: compile or load the cfunc (under the GIL: Numba needs it)
     py::gil_scoped_acquire gil;
@@ -65,9 +67,11 @@ int64_t entry(bool f64, Kind kind) {
 
 int64_t addr(const Tensor& t) { return t.defined() ? reinterpret_cast<int64_t>(t.data_ptr()) : 0; }
 
-// fastln._api._launch's rule: serial for one task or little work, else parallel.
+// fastln._api._launch's rule: serial for one task or little work, else parallel.  Parallel
+// work runs on torch's intra-op pool (at::parallel_for), not Numba's: after a torch op its
+// OpenMP workers spin for a while, and Numba's workers would fight them for the cores.
 bool parallel(bool one_task, int64_t rows, int64_t size) {
-  return !one_task && size + cfg.row_cost * rows >= cfg.serial_below && cfg.parallel_ok.load();
+  return !one_task && size + cfg.row_cost * rows >= cfg.serial_below && at::get_num_threads() > 1;
 }
 
 // fastln._api.use_column_kernels
@@ -145,7 +149,7 @@ struct Forward {
 
 // The forward kernel on checked tensors.  `keep_stats`: allocate mean/rstd for a backward
 // (else the kernel keeps them in scratch of its own).  Called with the GIL held: released
-// around parallel work, as Numba's nogil dispatch does.
+// around parallel work, as Numba's nogil dispatch does for the Python bridge.
 Forward run_forward(const Tensor& x, const Tensor* res, const Tensor* w, const Tensor* b, double eps,
                     bool centered, int64_t rows, int64_t cols, bool keep_stats) {
   Forward o;
@@ -156,18 +160,22 @@ Forward run_forward(const Tensor& x, const Tensor* res, const Tensor* w, const T
     o.mean = empty({centered ? rows : 0}, dt);  // statistics in the data's dtype (float32/64)
     o.rstd = empty({rows}, dt);
   }
-  const bool par = parallel(rows == 1, rows, rows * cols);
-  auto fn = reinterpret_cast<ForwardFn>(entry(dt == at::kDouble, par ? FORWARD_PARALLEL : FORWARD_SERIAL));
-  auto call = [&] {
-    fn(addr(x), res ? addr(*res) : 0, w ? addr(*w) : 0, b ? addr(*b) : 0, addr(o.y), addr(o.h),
-       addr(o.mean), addr(o.rstd), rows, cols, res ? 1 : 0, w ? cols : 0, b ? cols : 0,
-       keep_stats && centered ? rows : 0, eps, centered ? 1 : 0);
+  auto fn = reinterpret_cast<ForwardFn>(entry(dt == at::kDouble, FORWARD));
+  const int64_t es = x.element_size();
+  const bool stats = keep_stats;
+  auto rows_from = [&](int64_t begin, int64_t end) {  // rows are independent: any split gives the same bits
+    const int64_t off = begin * cols * es, soff = begin * es, n = end - begin;
+    fn(addr(x) + off, res ? addr(*res) + off : 0, w ? addr(*w) : 0, b ? addr(*b) : 0, addr(o.y) + off,
+       res ? addr(o.h) + off : 0, stats && centered ? addr(o.mean) + soff : 0, stats ? addr(o.rstd) + soff : 0,
+       n, cols, res ? 1 : 0, w ? cols : 0, b ? cols : 0, stats && centered ? n : 0, eps, centered ? 1 : 0);
   };
-  if (par) {
+  if (parallel(rows == 1, rows, rows * cols)) {
+    // Tasks of at least half the serial threshold's work each.
+    const int64_t grain = std::max<int64_t>(1, (cfg.serial_below / 2 + cols + cfg.row_cost - 1) / (cols + cfg.row_cost));
     py::gil_scoped_release nogil;
-    call();
+    at::parallel_for(0, rows, grain, rows_from);
   } else {
-    call();
+    rows_from(0, rows);
   }
   return o;
 }
@@ -184,14 +192,10 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
     const Tensor* r = res ? &*res : nullptr;
     Forward o = run_forward(x, r, w ? &*w : nullptr, b ? &*b : nullptr, eps, centered, rows, cols, true);
     ctx->save_for_backward({r ? o.h : x, o.mean, o.rstd, w ? *w : Tensor()});
-    ctx->saved_data["has_weight"] = w.has_value();
-    ctx->saved_data["has_bias"] = b.has_value();
+    // Three entries (a string-keyed map: each costs a hash and an allocation).
+    ctx->saved_data["args"] = std::vector<int64_t>{rows, cols, centered, r != nullptr, w.has_value(), b.has_value()};
     ctx->saved_data["eps"] = eps;
-    ctx->saved_data["centered"] = centered;
-    ctx->saved_data["residual"] = r != nullptr;
-    ctx->saved_data["rows"] = rows;
-    ctx->saved_data["cols"] = cols;
-    ctx->saved_data["norm"] = norm;
+    ctx->saved_data["norm"] = std::move(norm);
     if (r) return {o.y, o.h};
     return {o.y};
   }
@@ -199,13 +203,12 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &h = saved[0], &mean = saved[1], &rstd = saved[2], &w = saved[3];
-    const bool centered = ctx->saved_data["centered"].toBool();
-    const bool has_res = ctx->saved_data["residual"].toBool();
-    const int64_t rows = ctx->saved_data["rows"].toInt(), cols = ctx->saved_data["cols"].toInt();
+    const std::vector<int64_t> args = ctx->saved_data["args"].toIntVector();
+    const int64_t rows = args[0], cols = args[1];
+    const bool centered = args[2], has_res = args[3], has_w = args[4], has_b = args[5];
     const std::vector<int64_t> norm = ctx->saved_data["norm"].toIntVector();
     // needs_input_grad counts the inputs present (autograd's edges); the gradients returned
     // count every argument.
-    const bool has_w = ctx->saved_data["has_weight"].toBool(), has_b = ctx->saved_data["has_bias"].toBool();
     const size_t edge_w = has_res ? 2 : 1, edge_b = edge_w + (has_w ? 1 : 0);
     const bool need_x = ctx->needs_input_grad(0), need_r = has_res && ctx->needs_input_grad(1);
     const bool need_w = has_w && ctx->needs_input_grad(edge_w), need_b = has_b && ctx->needs_input_grad(edge_b);
@@ -236,12 +239,23 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
     const int64_t n = need_params ? cols : 0;
     Tensor dw = at::empty({n}, at::TensorOptions().dtype(dt));
     Tensor db = at::empty({n}, at::TensorOptions().dtype(dt));
+    // fastln._api's fixed chunks (by shape), each with its float64 row of partials, run on
+    // torch's pool; then the partials are summed in chunk order: the parallel kernel's bits.
     const auto [n_chunks, rows_per_chunk] = chunking(rows, cols);
-    const bool par = parallel(n_chunks == 1, rows, rows * cols);
-    auto fn = reinterpret_cast<BackwardFn>(entry(dt == at::kDouble, par ? BACKWARD_PARALLEL : BACKWARD_SERIAL));
-    fn(addr(gyc), addr(h), centered ? addr(mean) : 0, addr(rstd), addr(w), addr(gresc), addr(gx), addr(dw),
-       addr(db), rows, cols, centered ? rows : 0, w.defined() ? cols : 0, gresc.defined() ? 1 : 0, n, n_chunks,
-       rows_per_chunk, centered ? 1 : 0);
+    const Tensor parts = at::zeros({2, n_chunks, n}, at::TensorOptions().dtype(at::kDouble));
+    const int64_t dwp = n ? addr(parts) : 0, dbp = n ? dwp + n_chunks * n * 8 : 0;
+    auto chunks = reinterpret_cast<ChunksFn>(entry(dt == at::kDouble, BACKWARD_CHUNKS));
+    auto chunks_from = [&](int64_t first, int64_t stop) {
+      chunks(addr(gyc), addr(h), centered ? addr(mean) : 0, addr(rstd), addr(w), addr(gresc), addr(gx), dwp, dbp,
+             rows, cols, centered ? rows : 0, w.defined() ? cols : 0, gresc.defined() ? 1 : 0, n, n_chunks,
+             rows_per_chunk, first, stop, centered ? 1 : 0);
+    };
+    if (parallel(n_chunks == 1, rows, rows * cols)) {
+      at::parallel_for(0, n_chunks, 1, chunks_from);
+    } else {
+      chunks_from(0, n_chunks);
+    }
+    if (n) reinterpret_cast<ReduceFn>(entry(dt == at::kDouble, REDUCE))(dwp, dbp, addr(dw), addr(db), n_chunks, n);
     if (need_x) out[0] = gx;
     if (need_r) out[1] = gx;
     if (need_w) out[2] = dw.view(norm);
@@ -320,8 +334,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("configure", &configure,
         "Hand over the entry resolver, the Python backward and fastln._config's launch constants.");
   m.def("norm", &norm, "y, (y, residual_out), or None when the Python bridge must take the call.");
-  m.def("set_parallel", [](bool ok) { cfg.parallel_ok.store(ok); },
-        "Allow parallel kernels (False: serial only, e.g. in a child forked from GNU OpenMP).");
   m.def("built_with", [] {
     return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
            std::to_string(TORCH_VERSION_PATCH);
