@@ -19,7 +19,10 @@ if os.environ.get("FASTLN_BUILD_NATIVE", "1").strip().lower() not in ("0", "fals
             CppExtension(
                 "fastln.torch._native",
                 ["fastln/torch/_native.cpp"],
-                extra_compile_args=["-O2"],
+                # at::parallel_for is a header template: without OpenMP it runs on one thread.
+                # The library is torch's own libgomp (same soname, already loaded by torch).
+                extra_compile_args=["-O2", "-fopenmp"],
+                extra_link_args=["-fopenmp"],
                 optional=True,  # a failed compile leaves the pure-Python bridge, not a failed install
             )
         ]

@@ -396,7 +396,7 @@ def backward_chunks(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, 
         _backward_chunk(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, c, rows_per_chunk)
 
 
-forward_parallel, forward_serial = _jit.twins(_forward_rows)
+forward_parallel, forward_serial = _jit.twins(_forward_rows, serial=_jit.serial_fast)
 backward_parallel, backward_serial = _jit.twins(_backward_rows)
 forward_half_parallel, forward_half_serial = _jit.twins(_forward_half)
 backward_half_parallel, backward_half_serial = _jit.twins(_backward_half)
