@@ -55,12 +55,15 @@ def ratio(kept, base, other):
 
 def calls(rounds):
     rows = []
+    # A discarded first pass: the first case timed in a fresh process read 0.65x where the
+    # same case later in the process reads 1.5-1.8x (torch's time moved too: 6.9 -> 5.6 us).
+    _call_case(CALL_SHAPES[0], 3, show=False)
     for shape in CALL_SHAPES:
         rows.extend(_call_case(shape, rounds))
     return rows
 
 
-def _call_case(shape, rounds):
+def _call_case(shape, rounds, show=True):
     rows = []
     norm = shape[-1:]
     g = torch.Generator().manual_seed(0)
@@ -100,8 +103,9 @@ def _call_case(shape, rounds):
         rows.append({"case": "x".join(map(str, shape)), "what": what, "torch_us": med["torch"] * 1e6,
                      "fastln_us": med["fastln"] * 1e6, "speedup": r[0], "spread": r[1:],
                      "rounds_kept": med["rounds_kept"]})
-        print(f"| {rows[-1]['case']} | {what} | {rows[-1]['torch_us']:.1f} us | {rows[-1]['fastln_us']:.1f} us "
-              f"| {r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}] |", flush=True)
+        if show:
+            print(f"| {rows[-1]['case']} | {what} | {rows[-1]['torch_us']:.1f} us | {rows[-1]['fastln_us']:.1f} us "
+                  f"| {r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}] |", flush=True)
     return rows
 
 
@@ -234,7 +238,10 @@ def main(argv=None):
     p.add_argument("--only", default="calls,models,pair")
     a = p.parse_args(argv)
     torch.set_num_threads(numba.get_num_threads())
-    out = {"machine": bench.machine_info()}
+    from fastln.torch import _fast
+
+    out = {"machine": bench.machine_info(), "native_glue": _fast.describe()}
+    print(f"fastln.torch's compiled fast path: {_fast.describe()}")
     parts = a.only.split(",")
     if "calls" in parts:
         print("| shape | what | torch | fastln | speedup [min-max] |\n|---|---|---|---|---|")
