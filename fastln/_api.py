@@ -123,18 +123,19 @@ def chunking(rows: int, cols: int) -> tuple[int, int]:
     """``(n_chunks, rows_per_chunk)`` for backward: a function of the shape alone.
 
     Never of the thread count: that is what makes grad_weight/grad_bias bitwise identical
-    for any ``numba.set_num_threads``.
+    for any ``numba.set_num_threads`` (or ``torch.set_num_threads`` for the torch bridge's
+    compiled path, which ports this function to C++: keep the two alike).  Counts above one
+    are made even: 3 chunks on 2 threads left one thread a chunk idle (1x128x768 float32
+    forward+backward through the bridge: 1.08x faster with an even count, 31 interleaved
+    rounds).
     """
     work = rows * (cols + _config.ROW_COST)
     if work < 2 * _config.MIN_CHUNK_ELEMS:  # fast path: small inputs are one chunk
         return 1, max(rows, 1)
-    n_chunks = min(
-        _config.MAX_CHUNKS,
-        rows,
-        work // _config.MIN_CHUNK_ELEMS,
-        max(2, _config.MAX_PARTIAL_BYTES // max(16 * cols, 1)),
-    )
-    n_chunks = max(1, n_chunks)
+    cap = min(_config.MAX_CHUNKS, rows, max(2, _config.MAX_PARTIAL_BYTES // max(16 * cols, 1)))
+    n_chunks = max(1, min(cap, work // _config.MIN_CHUNK_ELEMS))
+    if n_chunks > 1 and n_chunks % 2:  # an even count keeps 2 (or 4) threads equally busy
+        n_chunks += 1 if n_chunks < cap else -1
     rows_per_chunk = max(1, -(-rows // n_chunks))
     return max(1, -(-rows // rows_per_chunk)), rows_per_chunk
 

@@ -197,6 +197,17 @@ def test_a_forked_child_uses_it_too():
     np.testing.assert_array_equal(got[1], gx.numpy())
 
 
+def test_the_chunking_port_agrees_with_the_python_one():
+    """The C++ glue splits the backward into the chunks fastln._api.chunking gives (what
+    makes its parameter gradients the NumPy API's bits)."""
+    from fastln import _api
+    from fastln.torch import _native
+
+    for rows in (1, 2, 3, 7, 16, 17, 33, 64, 127, 128, 640, 1000, 4096, 32768):
+        for cols in (1, 3, 20, 64, 96, 256, 512, 768, 1024, 4096, 60000, 131072):
+            assert tuple(_native.chunking(rows, cols)) == _api.chunking(rows, cols), (rows, cols)
+
+
 def test_parameter_gradients_do_not_depend_on_the_thread_count():
     """The glue's port of fastln._api.chunking splits by shape alone."""
     import numba

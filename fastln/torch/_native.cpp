@@ -85,9 +85,9 @@ bool use_columns(int64_t rows, int64_t cols, bool backward) {
 std::pair<int64_t, int64_t> chunking(int64_t rows, int64_t cols) {
   const int64_t work = rows * (cols + cfg.row_cost);
   if (work < 2 * cfg.min_chunk_elems) return {1, std::max<int64_t>(rows, 1)};
-  int64_t n = std::min({cfg.max_chunks, rows, work / cfg.min_chunk_elems,
-                        std::max<int64_t>(2, cfg.max_partial_bytes / std::max<int64_t>(16 * cols, 1))});
-  n = std::max<int64_t>(1, n);
+  const int64_t cap = std::min({cfg.max_chunks, rows, std::max<int64_t>(2, cfg.max_partial_bytes / std::max<int64_t>(16 * cols, 1))});
+  int64_t n = std::max<int64_t>(1, std::min(cap, work / cfg.min_chunk_elems));
+  if (n > 1 && n % 2) n += n < cap ? 1 : -1;  // an even count keeps 2 (or 4) threads equally busy
   const int64_t per = std::max<int64_t>(1, (rows + n - 1) / n);
   return {std::max<int64_t>(1, (rows + per - 1) / per), per};
 }
@@ -334,6 +334,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("configure", &configure,
         "Hand over the entry resolver, the Python backward and fastln._config's launch constants.");
   m.def("norm", &norm, "y, (y, residual_out), or None when the Python bridge must take the call.");
+  m.def("chunking", [](int64_t rows, int64_t cols) { return chunking(rows, cols); },
+        "The backward's (n_chunks, rows_per_chunk): fastln._api.chunking's port (tests compare them).");
   m.def("built_with", [] {
     return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
            std::to_string(TORCH_VERSION_PATCH);
