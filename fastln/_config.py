@@ -69,9 +69,9 @@ ROW_COST = _env_int("FASTLN_ROW_COST", 128, minimum=0)
 MAX_CHUNKS = _env_int("FASTLN_MAX_CHUNKS", 16)
 
 #: Fewest elements a backward chunk holds: below this a chunk's partials cost more than
-#: the parallelism it buys.  (1 << 15 until the torch bridge ran its chunks on torch's warm
-#: OpenMP pool: 64x512 float32 forward+backward went 1.09-1.16x faster as 2 chunks than as 1.)
-MIN_CHUNK_ELEMS = _env_int("FASTLN_MIN_CHUNK_ELEMS", 1 << 14)
+#: the parallelism it buys.  (1 << 14 was measured for the torch bridge's chunks on torch's
+#: pool: no better at 64x512, worse at 1x128x768 with 8 chunks than with 4.)
+MIN_CHUNK_ELEMS = _env_int("FASTLN_MIN_CHUNK_ELEMS", 1 << 15)
 
 #: Most bytes of float64 grad_weight/grad_bias partials (16 bytes a column a chunk): wide
 #: rows get fewer chunks rather than megabytes of zero-filled buffers.
