@@ -73,6 +73,28 @@ def test_it_leaves_everything_else_to_the_python_bridge(why, call):
     assert native(*call(x, w, b)) is None, why
 
 
+def test_it_steps_aside_for_torch_function_and_dispatch_modes():
+    """Under a TorchFunctionMode or TorchDispatchMode (profilers, flop counters, fake
+    tensors) the call goes to the Python bridge."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    class Passing(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    x, w, b = _data((4, 6))
+    for mode in (Seen(), Passing()):
+        with mode:
+            assert native(x, None, (6,), w, b, 1e-5, True) is None
+            torch.testing.assert_close(ft.layer_norm(x, (6,), w, b), F.layer_norm(x, (6,), w, b))
+    assert native(x, None, (6,), w, b, 1e-5, True) is not None
+
+
 def test_few_very_wide_rows_go_to_the_column_kernels_of_the_python_bridge():
     x = torch.randn(3, 70000)
     assert native(x, None, (70000,), None, None, 1e-5, True) is None

@@ -15,6 +15,8 @@
 // the same.  The serial/parallel choice and the backward chunking are fastln._api's,
 // with its constants handed over by configure().
 #include <ATen/Parallel.h>
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/extension.h>
 #include <torch/version.h>
 
@@ -268,6 +270,10 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
 py::object norm(py::handle xo, py::handle ro, py::handle shape, py::handle wo, py::handle bo, py::handle epso,
                 bool centered) {
   if (!cfg.configured || !THPVariable_CheckExact(xo.ptr())) return py::none();
+  // A TorchFunctionMode or TorchDispatchMode (FlopCounterMode, FakeTensorMode...) wants to
+  // see the call's torch ops: the Python bridge's path.
+  if (at::impl::torch_function_mode_enabled() || c10::impl::TorchDispatchModeTLS::stack_len() > 0)
+    return py::none();
   const at::ScalarType dt = THPVariable_Unpack(xo.ptr()).scalar_type();
   if (dt != at::kFloat && dt != at::kDouble) return py::none();
   const Tensor* x = plain(xo, dt);
