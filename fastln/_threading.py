@@ -141,7 +141,9 @@ def start_pool() -> None:
     (a reload hook of the kernel's code library).  A cached kernel that *calls* a parallel
     kernel, as the by-address kernels of the torch bridge do, may come without that hook;
     in a fresh process whose first parallel work went through one, the launch jumped into a
-    pool that was never started: a segfault.  Starting it is idempotent in Numba."""
+    pool that was never started: a segfault (and loading a cached C entry of
+    :mod:`fastln.cpu.entries` first aborts in LLVM: the pool's symbols are missing).
+    Starting it is idempotent in Numba."""
     global _pool_started
     if _pool_started:
         return

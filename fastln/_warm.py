@@ -112,8 +112,9 @@ def tasks() -> list:
             if kind == "serial":  # the C entries of the torch bridge's glue (all serial)
                 base = len(entries.KINDS) * entries.DTYPES.index(dt)
                 for index in range(base, base + len(entries.KINDS)):
-                    # "entries.forward_serial float32" groups with the kernels it wraps
-                    out.append((f"entries.{entries.name(index)}", _entry, index, dt))
+                    # "entries.forward float32" groups with the forward_serial kernels it wraps
+                    label = entries.name(index).replace("forward ", "forward_serial ")
+                    out.append((f"entries.{label}", _entry, index, dt))
         out.append((f"forward_half_{kind}", _half_forward, getattr(cpu, f"forward_half_{kind}"), None))
         out.append((f"backward_half_{kind}", _half_backward, getattr(cpu, f"backward_half_{kind}"), None))
     return out

@@ -49,8 +49,9 @@ def twins(fn, serial=None):
     """``(parallel, serial)`` kernels compiled from one body whose loops use ``prange``.
 
     The serial twin sees ``prange`` as ``range`` and is compiled by ``serial`` (default
-    :data:`sweep`).  The twins get their own qualnames so that the kernel cache, which names
-    entries by qualname and line, keeps them apart.
+    :data:`sweep`).  The
+    twins get their own qualnames so that the kernel cache, which names entries by qualname
+    and line, keeps them apart.
     """
     import types
 

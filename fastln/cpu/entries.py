@@ -36,7 +36,7 @@ CHUNKS_SIG = types.void(*([_i64] * 9), *([_i64] * 11))
 REDUCE_SIG = types.void(*([_i64] * 6))
 
 
-def _forward_serial(x, res, w, b, y, h, mean, rstd, rows, cols, has_res, n_w, n_b, n_mean, eps, centered):
+def _forward(x, res, w, b, y, h, mean, rstd, rows, cols, has_res, n_w, n_b, n_mean, eps, centered):
     d = np.empty(0, _DTYPE)  # the witness of the buffers' dtype (statistics: the same)
     by_address.forward_serial(d, d, x, res, w, b, y, h, mean, rstd, rows, cols, has_res != 0,
                               n_w, n_b, n_mean, eps, centered != 0)
@@ -62,7 +62,7 @@ _DTYPE = np.float32  # rebound per entry by _specialise; here so that linters se
 #: threads from fighting over the cores.
 DTYPES = (np.float32, np.float64)
 KINDS = (
-    (_forward_serial, FORWARD_SIG),
+    (_forward, FORWARD_SIG),
     (_backward_chunks, CHUNKS_SIG),
     (_reduce, REDUCE_SIG),
 )
@@ -82,7 +82,7 @@ def _specialise(fn, dtype):
 
 
 def name(index: int) -> str:
-    """``"forward_serial float32"``... for entry ``index``."""
+    """``"forward float32"``... for entry ``index``."""
     fn, _ = KINDS[index % len(KINDS)]
     return f"{fn.__name__.lstrip('_')} {np.dtype(DTYPES[index // len(KINDS)]).name}"
 
