@@ -45,7 +45,7 @@ def add_rows(xr, rr, hr):
 
 
 @_jit.reduce
-def _block_backward_sums(xr, gr, w, m):
+def block_backward_sums(xr, gr, w, m):
     """``(sum(d), sum(wdy), sum(wdy * d))`` of one block, in the data's dtype (full SIMD
     width: float32 lanes hold twice as many elements as float64 ones)."""
     zero = xr.dtype.type(0)
@@ -82,14 +82,14 @@ def backward_row_sums(xr, gr, w, m):
     """
     cols = xr.shape[0]
     if cols <= BLOCK:  # one block, no views: a view per row costs ~25 ns of reference counting
-        a, b, c = _block_backward_sums(xr, gr, w, m)
+        a, b, c = block_backward_sums(xr, gr, w, m)
         return np.float64(a), np.float64(b), np.float64(c)
     s_d = 0.0
     s_g = 0.0
     s_gd = 0.0
     for start in range(0, cols, BLOCK):
         stop = min(start + BLOCK, cols)
-        a, b, c = _block_backward_sums(xr[start:stop], gr[start:stop], w[start:stop] if w.shape[0] != 0 else w, m)
+        a, b, c = block_backward_sums(xr[start:stop], gr[start:stop], w[start:stop] if w.shape[0] != 0 else w, m)
         s_d += np.float64(a)
         s_g += np.float64(b)
         s_gd += np.float64(c)
