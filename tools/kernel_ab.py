@@ -14,8 +14,10 @@ so the comparison survives a noisy machine better than two separate runs).
 - **backward pairs**: backward LayerNorm float32 with parameter gradients, rows swept in
   pairs (``kernels.PAIRED_BACKWARD``, rows of 8 KiB and more) against one at a time, and torch's own kernel
   (``aten.native_layer_norm_backward``, 2 threads), all allocating their outputs.
+- **short rows**: the same backward on rows of at most ``BLOCK`` elements, in their own row
+  loop (``kernels._backward_short_row``) against the general loop, and torch's kernel.
 
-``--only stats,stream,wide,backward`` picks sections.
+``--only stats,stream,wide,backward,short`` picks sections.
 """
 
 import argparse
@@ -89,10 +91,10 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--only", default="stats,stream,wide,backward")
+    p.add_argument("--only", default="stats,stream,wide,backward,short")
     a = p.parse_args()
     only = set(a.only.split(","))
-    for section in ("stats", "stream", "wide", "backward"):
+    for section in ("stats", "stream", "wide", "backward", "short"):
         if section in only:
             globals()["_" + section](a.rounds)
 
@@ -132,12 +134,18 @@ def _wide(rounds):
         print(f"| {shape[0]}x{shape[1]} | {frac['with']:.2f} | {frac['without']:.2f} |", flush=True)
 
 
-def _backward_variant(paired):
-    """The row backward kernel with rows swept in pairs or one at a time."""
+def _backward_variant(paired, short_loop=True, serial=False):
+    """The row backward kernel with rows swept in pairs or one at a time; with
+    ``short_loop=False`` short rows take the general row loop too; ``serial``: the serial
+    twin (what the torch bridge's glue runs, a chunk per task of torch's pool)."""
     g = dict(K.__dict__)
     g["PAIRED_BACKWARD"] = paired
+    if not short_loop:
+        g["BLOCK"] = -1  # no row is short
+    if serial:
+        g["prange"] = range
     g["_backward_chunk"] = _recompile(K._backward_chunk, g, inline="always")
-    return _recompile(K._backward_rows, g, parallel=True)
+    return _recompile(K._backward_rows, g, **({} if serial else {"parallel": True}))
 
 
 def _backward(rounds):
@@ -153,6 +161,25 @@ def _backward(rounds):
         up, vs = kept["one"] / kept["pairs"], kept["torch"] / kept["pairs"]
         med = {k: float(np.median(v)) * 1e3 for k, v in kept.items()}
         print(f"| {shape[0]}x{shape[1]} | {med['one']:.3f} ms | {med['pairs']:.3f} ms | {med['torch']:.3f} ms | "
+              f"{np.median(up):.2f}x [{up.min():.2f}-{up.max():.2f}] | {np.median(vs):.2f}x [{vs.min():.2f}-{vs.max():.2f}] |",
+              flush=True)
+
+
+def _short(rounds):
+    import torch
+
+    print("\nshort rows: backward LayerNorm float32 with weight, bias and their gradients, serial kernels "
+          "(1 thread, torch too); time")
+    print("| shape | general loop | short-row loop | torch | short vs general [min-max] | torch / short [min-max] |")
+    print("|---|---|---|---|---|---|")
+    variants = {"one": _backward_variant(True, short_loop=False, serial=True),
+                "pairs": _backward_variant(True, serial=True)}
+    torch.set_num_threads(1)
+    for shape in [(640, 20), (4096, 20), (200, 64), (512, 128), (64, 512), (512, 512)]:
+        kept = _backward_case(shape, variants, rounds, torch)
+        up, vs = kept["one"] / kept["pairs"], kept["torch"] / kept["pairs"]
+        med = {k: float(np.median(v)) * 1e6 for k, v in kept.items()}
+        print(f"| {shape[0]}x{shape[1]} | {med['one']:.1f} us | {med['pairs']:.1f} us | {med['torch']:.1f} us | "
               f"{np.median(up):.2f}x [{up.min():.2f}-{up.max():.2f}] | {np.median(vs):.2f}x [{vs.min():.2f}-{vs.max():.2f}] |",
               flush=True)
 
