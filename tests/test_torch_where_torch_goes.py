@@ -420,8 +420,7 @@ _DDP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-def test_distributed_data_parallel_matches_single_process(tmp_path):
+def _run_ddp(tmp_path):
     import socket
 
     with socket.socket() as s:
@@ -429,8 +428,21 @@ def test_distributed_data_parallel_matches_single_process(tmp_path):
         port = s.getsockname()[1]
     script = tmp_path / "ddp.py"
     script.write_text(_DDP)
-    out = subprocess.run([sys.executable, str(script), str(port), str(tmp_path / "sd.pt")],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return subprocess.run([sys.executable, str(script), str(port), str(tmp_path / "sd.pt")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_matches_single_process(tmp_path):
+    out = _run_ddp(tmp_path)
+    if out.returncode != 0 and "terminated with signal" in out.stderr:
+        # Twice in CI (of ~10 full runs) a gloo worker aborted ("terminate called without an
+        # active exception"); 40 runs of the same script in that CI clone all passed.  A
+        # worker killed by a signal gets one more run, with the first failure shown.
+        import warnings
+
+        warnings.warn(f"DDP worker died by a signal; run again. First stderr:\n{out.stderr[-2000:]}", stacklevel=1)
+        out = _run_ddp(tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
 
