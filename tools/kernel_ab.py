@@ -140,11 +140,11 @@ def _backward_variant(paired, short_loop=True, serial=False):
     twin (what the torch bridge's glue runs, a chunk per task of torch's pool)."""
     g = dict(K.__dict__)
     g["PAIRED_BACKWARD"] = paired
-    if not short_loop:
-        g["BLOCK"] = -1  # no row is short
+    g["_backward_chunk"] = _recompile(K._backward_chunk, g, inline="always")
     if serial:
         g["prange"] = range
-    g["_backward_chunk"] = _recompile(K._backward_chunk, g, inline="always")
+        if short_loop:  # what kernels.backward_serial runs
+            g["_backward_chunk"] = _recompile(K._backward_chunk_short_rows, dict(g), inline="always")
     return _recompile(K._backward_rows, g, **({} if serial else {"parallel": True}))
 
 
@@ -152,34 +152,32 @@ def _backward(rounds):
     import torch
 
     torch.set_num_threads(numba.get_num_threads())
-    print("\nbackward pairs: backward LayerNorm float32 with weight, bias and their gradients; time")
-    print("| shape | one row at a time | pairs | torch | pairs vs one [min-max] | torch / pairs [min-max] |")
-    print("|---|---|---|---|---|---|")
-    variants = {"one": _backward_variant(False), "pairs": _backward_variant(True)}
-    for shape in [(512, 768), (2048, 2048), (1024, 4096), (4096, 4096), (512, 16384)]:
-        kept = _backward_case(shape, variants, rounds, torch)
-        up, vs = kept["one"] / kept["pairs"], kept["torch"] / kept["pairs"]
-        med = {k: float(np.median(v)) * 1e3 for k, v in kept.items()}
-        print(f"| {shape[0]}x{shape[1]} | {med['one']:.3f} ms | {med['pairs']:.3f} ms | {med['torch']:.3f} ms | "
-              f"{np.median(up):.2f}x [{up.min():.2f}-{up.max():.2f}] | {np.median(vs):.2f}x [{vs.min():.2f}-{vs.max():.2f}] |",
-              flush=True)
+    _backward_table("backward pairs: backward LayerNorm float32 with weight, bias and their gradients; time",
+                    ("one row at a time", "pairs"), _backward_variant(False), _backward_variant(True),
+                    [(512, 768), (2048, 2048), (1024, 4096), (4096, 4096), (512, 16384)], rounds, torch)
 
 
 def _short(rounds):
     import torch
 
-    print("\nshort rows: backward LayerNorm float32 with weight, bias and their gradients, serial kernels "
-          "(1 thread, torch too); time")
-    print("| shape | general loop | short-row loop | torch | short vs general [min-max] | torch / short [min-max] |")
-    print("|---|---|---|---|---|---|")
-    variants = {"one": _backward_variant(True, short_loop=False, serial=True),
-                "pairs": _backward_variant(True, serial=True)}
     torch.set_num_threads(1)
-    for shape in [(640, 20), (4096, 20), (200, 64), (512, 128), (64, 512), (512, 512)]:
-        kept = _backward_case(shape, variants, rounds, torch)
-        up, vs = kept["one"] / kept["pairs"], kept["torch"] / kept["pairs"]
+    _backward_table("short rows: backward LayerNorm float32 with weight, bias and their gradients, serial kernels "
+                    "(1 thread, torch too); time", ("general loop", "short-row loop"),
+                    _backward_variant(True, short_loop=False, serial=True), _backward_variant(True, serial=True),
+                    [(640, 20), (4096, 20), (200, 64), (512, 128), (64, 512), (512, 512)], rounds, torch)
+
+
+def _backward_table(title, names, old, new, shapes, rounds, torch):
+    """A table row per shape: the ``old`` and ``new`` backward kernels and torch's, side by
+    side, with new's speed-up over old and torch's time over new's."""
+    print(f"\n{title}")
+    print(f"| shape | {names[0]} | {names[1]} | torch | new vs old [min-max] | torch / new [min-max] |")
+    print("|---|---|---|---|---|---|")
+    for shape in shapes:
+        kept = _backward_case(shape, {"old": old, "new": new}, rounds, torch)
+        up, vs = kept["old"] / kept["new"], kept["torch"] / kept["new"]
         med = {k: float(np.median(v)) * 1e6 for k, v in kept.items()}
-        print(f"| {shape[0]}x{shape[1]} | {med['one']:.1f} us | {med['pairs']:.1f} us | {med['torch']:.1f} us | "
+        print(f"| {shape[0]}x{shape[1]} | {med['old']:.1f} us | {med['new']:.1f} us | {med['torch']:.1f} us | "
               f"{np.median(up):.2f}x [{up.min():.2f}-{up.max():.2f}] | {np.median(vs):.2f}x [{vs.min():.2f}-{vs.max():.2f}] |",
               flush=True)
 
@@ -204,8 +202,8 @@ def _backward_case(shape, variants, rounds, torch):
         return gx, dw, db
 
     outs = {k: run(v) for k, v in variants.items()}  # compile; and the same bits both ways
-    for one, pair in zip(outs["one"], outs["pairs"], strict=True):
-        assert np.array_equal(one, pair)
+    for old, new in zip(outs["old"], outs["new"], strict=True):
+        assert np.array_equal(old, new)
     xt, wt, bt, gt = (torch.from_numpy(a) for a in (x, w, b, gy))
     _, mt, rt = torch.ops.aten.native_layer_norm(xt, [cols], wt, bt, 1e-5)
     fns = {k: (lambda v=v: run(v)) for k, v in variants.items()}

@@ -45,13 +45,13 @@ warnings.filterwarnings(
 )
 
 
-def twins(fn, serial=None):
+def twins(fn, serial=None, serial_globals=None):
     """``(parallel, serial)`` kernels compiled from one body whose loops use ``prange``.
 
-    The serial twin sees ``prange`` as ``range`` and is compiled by ``serial`` (default
-    :data:`sweep`).  The
-    twins get their own qualnames so that the kernel cache, which names entries by qualname
-    and line, keeps them apart.
+    The serial twin sees ``prange`` as ``range``, and the names in ``serial_globals`` bound to
+    those values (a helper of its own), and is compiled by ``serial`` (default
+    :data:`sweep`).  The twins get their own qualnames so that the kernel cache, which names
+    entries by qualname and line, keeps them apart.
     """
     import types
 
@@ -62,4 +62,5 @@ def twins(fn, serial=None):
         f.__doc__ = fn.__doc__
         return f
 
-    return parallel(clone("_parallel")), (serial or sweep)(clone("_serial", {**fn.__globals__, "prange": range}))
+    serial_g = {**fn.__globals__, "prange": range, **(serial_globals or {})}
+    return parallel(clone("_parallel")), (serial or sweep)(clone("_serial", serial_g))

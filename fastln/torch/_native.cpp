@@ -248,7 +248,7 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
     // torch's pool; then the partials are summed in chunk order: the parallel kernel's bits.
     const auto [n_chunks, rows_per_chunk] = chunking(rows, cols);
     const Tensor parts = empty({2, n_chunks, n}, at::kDouble);
-    std::memset(parts.data_ptr(), 0, parts.numel() * sizeof(double));
+    if (parts.numel() > 0) std::memset(parts.data_ptr(), 0, parts.numel() * sizeof(double));
     const int64_t dwp = n ? addr(parts) : 0, dbp = n ? dwp + n_chunks * n * 8 : 0;
     auto chunks = reinterpret_cast<ChunksFn>(entry(dt == at::kDouble, BACKWARD_CHUNKS));
     auto chunks_from = [&](int64_t first, int64_t stop) {
