@@ -147,16 +147,42 @@ def stats_dtype(dtype: np.dtype) -> np.dtype:
 
 #: Length-0 vectors: what a missing weight/bias, or RMSNorm's absent mean, is passed as.
 #: Kernels test the length and skip the term, so no buffer sized by the input is kept.
+#: Writeable like every array the kernels get (see :func:`kernel_array`); with no elements
+#: there is nothing to write.
 EMPTY = {np.dtype(d): np.empty(0, d) for d in (np.float16, np.float32, np.float64)}
-for _a in EMPTY.values():
-    _a.setflags(write=False)
+
+
+class _Alias:
+    """An ``__array_interface__`` over another array's memory, flagged writeable; it keeps
+    that array alive."""
+
+    __slots__ = ("__array_interface__", "_owner")
+
+    def __init__(self, a: np.ndarray):
+        self._owner = a
+        self.__array_interface__ = dict(a.__array_interface__, data=(a.ctypes.data, False))
+
+
+def kernel_array(a: np.ndarray) -> np.ndarray:
+    """``a`` as the kernels are compiled for: a writeable array.
+
+    Numba compiles a kernel once per type signature, and an array's type includes whether
+    it is read-only, so every mix of read-only and writeable arguments would be a compile of
+    its own (16 s for the parallel forward here).  The kernels never write their inputs, so a
+    read-only input (a JAX array, ``np.broadcast_to``, a read-only memory map) is passed as a
+    writeable alias of the same memory: no copy, and one compiled kernel for all.
+    """
+    if a.flags.writeable:
+        return a
+    return np.asarray(_Alias(a))
 
 
 def param_vector(p, name: str, lay: Layout, dtype: np.dtype) -> np.ndarray:
     """``weight``/``bias`` as a ``dtype`` vector of ``cols`` values; length 0 when ``p`` is None."""
     if p is None:
         return EMPTY[dtype]
-    if type(p) is np.ndarray and p.dtype == dtype and p.shape == lay.norm_shape and p.flags.c_contiguous:
+    flags = getattr(p, "flags", None)
+    if type(p) is np.ndarray and p.dtype == dtype and p.shape == lay.norm_shape and flags.c_contiguous and flags.writeable:
         return p.reshape(lay.cols)  # the common case: a view, no copy, no conversion
     if is_device_array(p):
         raise TypeError(f"{name} is a CUDA array but x is on the CPU: put both on one device")
@@ -165,7 +191,7 @@ def param_vector(p, name: str, lay: Layout, dtype: np.dtype) -> np.ndarray:
         raise ShapeError(
             f"{name} must have shape normalized_shape={lay.norm_shape}, got {p.shape}"
         )
-    return np.ascontiguousarray(p, dtype=dtype).reshape(lay.cols)
+    return kernel_array(np.ascontiguousarray(p, dtype=dtype).reshape(lay.cols))
 
 
 def default_eps(dtype: np.dtype) -> float:
@@ -217,8 +243,9 @@ def check_out(out, x: np.ndarray, others) -> None:
 
 
 def as_rows(x: np.ndarray, lay: Layout, dtype: np.dtype) -> np.ndarray:
-    """C-contiguous ``(rows, cols)`` view of ``x`` in ``dtype``; copies only when it must."""
-    return np.ascontiguousarray(x, dtype=dtype).reshape(lay.rows, lay.cols)
+    """C-contiguous ``(rows, cols)`` view of ``x`` in ``dtype`` (:func:`kernel_array`);
+    copies only when it must."""
+    return kernel_array(np.ascontiguousarray(x, dtype=dtype).reshape(lay.rows, lay.cols))
 
 
 def check_stat(s, name: str, lay: Layout, x_dtype: np.dtype) -> np.ndarray:
@@ -228,7 +255,7 @@ def check_stat(s, name: str, lay: Layout, x_dtype: np.dtype) -> np.ndarray:
     ``native_layer_norm``), in any floating dtype.
     """
     want = stats_dtype(x_dtype)
-    if type(s) is np.ndarray and s.dtype == want and s.shape == lay.lead_shape and s.flags.c_contiguous:
+    if type(s) is np.ndarray and s.dtype == want and s.shape == lay.lead_shape and s.flags.c_contiguous and s.flags.writeable:
         return s.reshape(lay.rows)  # fastln's own stats, passed back: a view
     s = as_float_array(s, name)
     keepdim = lay.lead_shape + (1,) * len(lay.norm_shape)
@@ -236,4 +263,4 @@ def check_stat(s, name: str, lay: Layout, x_dtype: np.dtype) -> np.ndarray:
         raise ShapeError(
             f"{name} must have shape {lay.lead_shape} (the leading dims of x), got {s.shape}"
         )
-    return np.ascontiguousarray(s, dtype=want).reshape(lay.rows)
+    return kernel_array(np.ascontiguousarray(s, dtype=want).reshape(lay.rows))

@@ -97,6 +97,48 @@ def test_read_only_input(rng):
     np.testing.assert_allclose(fastln.layer_norm(x), reference.forward(x)[0], atol=1e-12)
 
 
+def _signature_counts():
+    from fastln import cpu
+
+    return {name: len(getattr(cpu, name).signatures) for name in dir(cpu)
+            if hasattr(getattr(cpu, name), "signatures")}
+
+
+def _read_only(a):
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_read_only_arguments_reuse_the_compiled_kernels(rng, dtype):
+    """Whether an array is read-only is part of its Numba type: read-only inputs must run the
+    kernels compiled for writeable ones (no compile per mix of flags), unmodified, same bits."""
+    x = rng.standard_normal((40, 24)).astype(dtype)
+    res, gy = rng.standard_normal((2, 40, 24)).astype(dtype)
+    w, b = rng.standard_normal((2, 24)).astype(dtype)
+    big = rng.standard_normal((512, 96)).astype(dtype)  # parallel-sized
+
+    def calls(x, res, gy, w, b, big):
+        y, m, r = fastln.layer_norm_forward(x, None, w, b)
+        out = [y, m, r, *fastln.layer_norm_backward(gy, x, m, r, w)]
+        out += [fastln.rms_norm(x, None, w), *fastln.add_layer_norm(x, res, None, w, None)]
+        yr, rr = fastln.rms_norm_forward(x, None, None)
+        out += [yr, *fastln.rms_norm_backward(gy, x, rr, None)[:1], fastln.layer_norm(big, None, w[:1].repeat(96))]
+        y, m, r = fastln.layer_norm_forward(big)
+        return out + [*fastln.layer_norm_backward(big, big, m, r, None)[:1]]
+
+    want = calls(x, res, gy, w, b, big)  # compiles (or loads) the writeable signatures
+    before = _signature_counts()
+    frozen = [_read_only(a) for a in (x, res, gy, w, b, big)]
+    got = calls(*frozen)
+    assert _signature_counts() == before
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, e)
+    for f, a in zip(frozen, (x, res, gy, w, b, big), strict=True):
+        np.testing.assert_array_equal(f, a)  # never written
+
+
 def test_float16_computed_in_float32(rng):
     x = rng.standard_normal((16, 64)).astype(np.float16)
     y, m, r = fastln.layer_norm_forward(x)
