@@ -210,3 +210,31 @@ def test_seed_example_2x3():
     y = fastln.layer_norm(x, (3,))
     expect = np.array([-1.2247357, 0.0, 1.2247357], dtype=np.float32)
     np.testing.assert_allclose(y, np.stack([expect, expect]), atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 2, 17, 300])
+def test_wide_rows_swept_in_pairs_give_each_rows_result_as_alone(rng, dtype, rows):
+    """With a weight, rows of 32 KiB and more are normalised two at a time
+    (``kernels.PAIR_FORWARD_ROW_BYTES``; an odd count leaves the last row alone).  Each row's
+    output and statistics must be bitwise a one-row call's, and right."""
+    from fastln.cpu import kernels
+
+    cols = 8193
+    assert cols * np.dtype(dtype).itemsize >= kernels.PAIR_FORWARD_ROW_BYTES
+    x = (rng.standard_normal((rows, cols)) * 2 + 1).astype(dtype)
+    x[rows // 2] += 1e4  # a large offset in one row of a pair: the pair must keep it exact
+    w, b = rng.standard_normal((2, cols)).astype(dtype)
+    for bias in (b, None):
+        y, mean, rstd = fastln.layer_norm_forward(x, None, w, bias)
+        yr = fastln.rms_norm(x, None, w)
+        for i in range(rows):
+            alone = fastln.layer_norm_forward(x[i:i + 1], None, w, bias)
+            for got, want in zip((y, mean, rstd), alone, strict=True):
+                np.testing.assert_array_equal(got[i:i + 1], want)
+            np.testing.assert_array_equal(yr[i:i + 1], fastln.rms_norm(x[i:i + 1], None, w))
+        ref = reference.forward(x, 1, w, bias)
+        tol = 2e-6 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(y, ref[0], rtol=0, atol=tol * np.abs(ref[0]).max())
+        np.testing.assert_allclose(rstd, ref[2], rtol=tol)
+        np.testing.assert_allclose(yr, reference.rms_forward(x, 1, w, eps=float(np.finfo(np.float32 if dtype == np.float32 else np.float64).eps))[0], rtol=0, atol=tol * 10 * np.abs(yr).max())

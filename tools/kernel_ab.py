@@ -11,13 +11,16 @@ so the comparison survives a noisy machine better than two separate runs).
   stores (both forced, whatever ``FASTLN_STREAM_BYTES`` says).
 - **wide rows**: where the time goes for wide rows: the forward with and without weight and
   bias (their reads compete with the row's for the caches).
+- **forward pairs**: forward LayerNorm float32 with weight and bias into a reused buffer, wide
+  rows swept in pairs (``kernels.PAIR_FORWARD_ROW_BYTES``, rows of 32 KiB and more) against one
+  at a time (``--pair-bytes`` tries another threshold).
 - **backward pairs**: backward LayerNorm float32 with parameter gradients, rows swept in
   pairs (``kernels.PAIRED_BACKWARD``, rows of 8 KiB and more) against one at a time, and torch's own kernel
   (``aten.native_layer_norm_backward``, 2 threads), all allocating their outputs.
 - **short rows**: the same backward on rows of at most ``BLOCK`` elements, in their own row
   loop (``kernels._backward_short_row``) against the general loop, and torch's kernel.
 
-``--only stats,stream,wide,backward,short`` picks sections.
+``--only stats,stream,wide,pairs,backward,short`` picks sections.
 """
 
 import argparse
@@ -52,10 +55,12 @@ def _recompile(fn, globals_, **options):
     return numba.njit(nogil=True, error_model="numpy", fastmath={"contract"}, **options)(clone)
 
 
-def _forward_variant(float32_stats=True, stream=None):
+def _forward_variant(float32_stats=True, stream=None, pair_bytes=None):
     """The row forward kernel, optionally without the float32 statistics, with streaming
-    forced on (True) or off (False)."""
+    forced on (True) or off (False), with rows of ``pair_bytes`` or more swept in pairs."""
     g = dict(K.__dict__)
+    if pair_bytes is not None:
+        g["PAIR_FORWARD_ROW_BYTES"] = pair_bytes
     if not float32_stats:
         fake = types.ModuleType("ab_layer_norm")
         fake.__dict__.update(ln.__dict__)
@@ -91,12 +96,16 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--only", default="stats,stream,wide,backward,short")
+    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short")
+    p.add_argument("--pair-bytes", type=int, default=K.PAIR_FORWARD_ROW_BYTES)
     a = p.parse_args()
     only = set(a.only.split(","))
-    for section in ("stats", "stream", "wide", "backward", "short"):
+    for section in ("stats", "stream", "wide", "pairs", "backward", "short"):
         if section in only:
-            globals()["_" + section](a.rounds)
+            if section == "pairs":
+                _pairs(a.rounds, a.pair_bytes)
+            else:
+                globals()["_" + section](a.rounds)
 
 
 def _old_vs_new(title, old, new, variants, shapes, rounds):
@@ -132,6 +141,16 @@ def _wide(rounds):
     for shape in [(4096, 1024), (2048, 2048), (64, 65536)]:
         frac, _ = _case(shape, {"with": (kernel, True), "without": (kernel, False)}, rounds)
         print(f"| {shape[0]}x{shape[1]} | {frac['with']:.2f} | {frac['without']:.2f} |", flush=True)
+
+
+SHAPES = [(64, 65536), (256, 16384), (512, 8192), (1024, 4096), (2048, 2048), (4096, 1024), (512, 768), (2048, 256)]
+
+
+def _pairs(rounds, pair_bytes):
+    variants = {"one row at a time": _forward_variant(stream=False, pair_bytes=1 << 62),
+                "pairs": _forward_variant(stream=False, pair_bytes=pair_bytes)}
+    _old_vs_new(f"forward pairs (rows of {pair_bytes} bytes and more)", "one row at a time", "pairs", variants,
+                SHAPES, rounds)
 
 
 def _backward_variant(paired, short_loop=True, serial=False):

@@ -38,6 +38,24 @@ def forward_sweep(xr, yr, mean_t, resid_t, r_t, w, b):
 
 
 @_jit.inline
+def forward_sweep_pair(x0, y0, mean0, resid0, r0, x1, y1, mean1, resid1, r1, w, b):
+    """:func:`forward_sweep` of two rows in one loop, with a weight (``b`` may be absent):
+    ``w`` and ``b`` are read once per two rows.  Each element's arithmetic is the single
+    row's, so the results are bitwise the same."""
+    if b.shape[0] != 0:
+        for j in range(x0.shape[0]):
+            wj = w[j]
+            bj = b[j]
+            y0[j] = (((x0[j] - mean0) - resid0) * r0) * wj + bj
+            y1[j] = (((x1[j] - mean1) - resid1) * r1) * wj + bj
+    else:
+        for j in range(x0.shape[0]):
+            wj = w[j]
+            y0[j] = (((x0[j] - mean0) - resid0) * r0) * wj
+            y1[j] = (((x1[j] - mean1) - resid1) * r1) * wj
+
+
+@_jit.inline
 def add_rows(xr, rr, hr):
     """``hr = xr + rr`` in the data's dtype (the pre-norm block's residual add)."""
     for j in range(xr.shape[0]):
