@@ -327,3 +327,32 @@ def test_half_add_norm_rounds_residual_out_first(half, norm):
     assert h.dtype == y.dtype == half
     assert torch.equal(h, x + r)
     assert torch.equal(y, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_outputs_rounded_in_the_sweep_at_the_edges(dtype):
+    """The forward sweep rounds each half output as it writes it (fastln.cpu._half.put):
+    overflow to infinity, NaN and infinite rows, subnormal results and ties must round as
+    torch's own ``.to(dtype)`` of the float32 computation does."""
+    g = torch.Generator().manual_seed(7)
+    rows, cols = 96, 200  # 96 rows: parallel-sized with the weight of wide magnitudes below
+    x = torch.randn(rows, cols, generator=g)
+    x[3, 5] = float("nan")
+    x[4, 0] = float("inf")
+    x[5, 7] = -float("inf")
+    x = x.to(dtype)
+    big = torch.finfo(dtype).max
+    w = torch.randn(cols, generator=g) * torch.logspace(-30, 30, cols) if dtype == torch.bfloat16 else \
+        torch.randn(cols, generator=g) * torch.logspace(-9, 5, cols)
+    w[0] = big  # x_hat * w overflows to inf in the half type wherever |x_hat| > 1
+    w[1] = torch.finfo(dtype).tiny / 8  # a subnormal result (or zero)
+    w = w.to(dtype)
+    b = (torch.randn(cols, generator=g) * 100).to(dtype)
+    for fn, args in ((ft.layer_norm, (w, b)), (ft.layer_norm, (w, None)), (ft.rms_norm, (w,))):
+        y = fn(x, (cols,), *args)
+        want = fn(x.float(), (cols,), *(a if a is None else a.float() for a in args)).to(dtype)
+        assert torch.equal(y.isnan(), want.isnan())
+        torch.testing.assert_close(y, want, rtol=0, atol=0, equal_nan=True)
+        assert y.isinf().any() and y.isnan().any()  # the edges were met
+        if args[-1] is w:  # no bias: the tiny weight gives subnormal (or zero) outputs
+            assert ((y != 0) & (y.abs() < torch.finfo(dtype).tiny)).any()

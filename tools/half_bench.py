@@ -2,12 +2,17 @@
 replaced and vs torch's native half kernels (LayerNorm, affine, 2 threads).
 
     python tools/half_bench.py [--dtype bfloat16 float16] [--pass forward backward] [--rounds 15]
+    python tools/half_bench.py --kernels [--rounds 21]
 
 Interleaved bursts (fastln.bench); ratio = other time / in-kernel time, [min-max] per round.
+``--kernels`` times the parallel forward kernel alone (no bridge, outputs reused) against the
+one it replaced, compiled here: a float32 output row rounded in a pass of its own, where
+float16 rows are now rounded by the sweep as it writes them; [interquartile range].
 """
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -17,6 +22,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fastln import bench  # noqa: E402
+from fastln.cpu import _half, _jit  # noqa: E402
+from fastln.cpu import kernels as K  # noqa: E402
+from fastln.cpu._half import narrow, widen  # noqa: E402
 from fastln.torch import _glue  # noqa: E402
 
 SHAPES = [(512, 768), (4096, 1024), (32768, 768), (8192, 4096)]
@@ -60,12 +68,50 @@ def case(shape, dtype, direction, rounds):
     return out
 
 
+def _old_forward_half(xu, w, b, eps, centered, yu, mean, rstd, fmt):
+    """The forward half kernel before the rounding moved into the sweep (no residual)."""
+    rows, cols = xu.shape
+    for c in numba.prange((rows + K.HALF_CHUNK_ROWS - 1) // K.HALF_CHUNK_ROWS):
+        xf = np.empty(cols, np.float32)
+        yf = np.empty(cols, np.float32)
+        for i in range(c * K.HALF_CHUNK_ROWS, min(rows, (c + 1) * K.HALF_CHUNK_ROWS)):
+            widen(xu[i], xf, fmt)
+            m, r = K._forward_row(xf, w, b, eps, centered, yf, 0)
+            narrow(yf, yu[i], fmt)
+            mean[i] = m
+            rstd[i] = r
+
+
+def kernels(rounds):
+    old = _jit.parallel(_old_forward_half)
+    print("| shape | dtype | rounded after | rounded in the sweep | speed-up [IQR] |\n|---|---|---|---|---|")
+    for rows, cols in SHAPES[:3] + [(1024, 4096)]:
+        rng = np.random.default_rng(0)
+        xu = ((rng.standard_normal((rows, cols)).astype(np.float32) + 2).view(np.uint32) >> 16).astype(np.uint16)
+        w, b = rng.standard_normal((2, cols)).astype(np.float32)
+        y_old, y_new, none = np.empty_like(xu), np.empty_like(xu), np.empty((0, cols), np.uint16)
+        mean, rstd = np.empty((2, rows), np.float32)
+        for fmt, name in ((_half.BFLOAT16, "bfloat16"), (_half.FLOAT16, "float16")):
+            fns = {"old": partial(old, xu, w, b, 1e-5, True, y_old, mean, rstd, fmt),
+                   "new": partial(K.forward_half_parallel, xu, none, w, b, 1e-5, True, y_new, none, mean, rstd, fmt)}
+            for f in fns.values():
+                f()
+            assert np.array_equal(y_old, y_new), "not the same bits"
+            k, _ = bench.kept_samples(fns, rounds)
+            r = k["old"] / k["new"]
+            print(f"| {rows}x{cols} | {name} | {np.median(k['old']) * 1e6:.0f} us | {np.median(k['new']) * 1e6:.0f} us "
+                  f"| {np.median(r):.2f}x [{np.percentile(r, 25):.2f}-{np.percentile(r, 75):.2f}] |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--kernels", action="store_true", help="the forward kernel alone, old against new")
     p.add_argument("--dtype", nargs="+", default=["bfloat16", "float16"], choices=["bfloat16", "float16"])
     p.add_argument("--pass", dest="passes", nargs="+", default=["forward", "backward"], choices=["forward", "backward"])
     p.add_argument("--rounds", type=int, default=15)
     a = p.parse_args()
+    if a.kernels:
+        return kernels(a.rounds)
     torch.set_num_threads(numba.get_num_threads())
     print("| dtype | pass | shape | in kernel | upcast | torch native | upcast / in kernel | torch / in kernel |")
     print("|---|---|---|---|---|---|---|---|")

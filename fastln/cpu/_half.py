@@ -21,7 +21,7 @@ import platform
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from fastln.cpu import _jit
 
@@ -64,6 +64,50 @@ def _f32_to_f16_bits(typingctx, value):
     return types.uint16(value), codegen
 
 
+@intrinsic
+def _f32_bits(typingctx, value):
+    """The bits of a float32, as a uint32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(value), codegen
+
+
+@_jit.sweep
+def half_bits(v, fmt):
+    """float32 ``v`` rounded to nearest even in half format ``fmt``, as uint16 bits.
+
+    Scalars only, so LLVM inlines it at no cost; inlined in Numba's IR instead, its branches
+    inside :func:`put`'s inlined store made Numba warn (``NumbaIRAssumptionWarning``)."""
+    if fmt == FLOAT16:
+        return _f32_to_f16_bits(v)
+    b = _f32_bits(v)
+    if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep sign, stay quiet
+        return np.uint16((b >> np.uint32(16)) | np.uint32(0x40))
+    return np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+def put(out, j, v, fmt):
+    """``out[j] = v``; into a uint16 row (half bits), ``v`` rounded to format ``fmt``: so
+    one sweep writes float rows and half rows alike, and a half row needs no float32
+    buffer and no pass of its own to be narrowed."""
+    out[j] = half_bits(v, fmt) if out.dtype == np.uint16 else v
+
+
+@overload(put, inline="always")
+def _put(out, j, v, fmt):
+    if isinstance(out, types.Array) and out.dtype == types.uint16:
+        def impl(out, j, v, fmt):
+            out[j] = half_bits(np.float32(v), fmt)
+    else:
+        def impl(out, j, v, fmt):
+            out[j] = v
+    return impl
+
+
 @_jit.sweep
 def widen(u16, out, fmt):
     """``out = float32(u16)``: half bits of format ``fmt`` to float32, exactly."""
@@ -79,14 +123,5 @@ def widen(u16, out, fmt):
 @_jit.sweep
 def narrow(f32, out, fmt):
     """``out = half(f32)`` in format ``fmt``, rounded to nearest even."""
-    if fmt == FLOAT16:
-        for j in range(f32.shape[0]):
-            out[j] = _f32_to_f16_bits(f32[j])
-    else:
-        bits = f32.view(np.uint32)
-        for j in range(f32.shape[0]):
-            b = bits[j]
-            if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep sign, stay quiet
-                out[j] = np.uint16((b >> np.uint32(16)) | np.uint32(0x40))
-            else:
-                out[j] = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    for j in range(f32.shape[0]):
+        out[j] = half_bits(f32[j], fmt)

@@ -11,11 +11,13 @@ import numpy as np
 
 from fastln._config import BLOCK
 from fastln.cpu import _jit
+from fastln.cpu._half import put
 
 
 @_jit.inline
-def forward_sweep(xr, yr, mean_t, resid_t, r_t, w, b):
-    """``yr = ((x - mean_t) - resid_t) * r_t * w + b``, in the data's dtype.
+def forward_sweep(xr, yr, mean_t, resid_t, r_t, w, b, fmt):
+    """``yr = ((x - mean_t) - resid_t) * r_t * w + b``, in the data's dtype; a uint16 ``yr``
+    takes the result as half bits of format ``fmt`` (:func:`._half.put`), else ``fmt`` is unused.
 
     Centring on ``mean_t`` (the mean rounded to the data's dtype) keeps ``x - mean_t`` exact
     by Sterbenz for values near the mean, and the small residual ``mean - mean_t`` is taken
@@ -25,16 +27,16 @@ def forward_sweep(xr, yr, mean_t, resid_t, r_t, w, b):
     cols = xr.shape[0]
     if w.shape[0] != 0 and b.shape[0] != 0:
         for j in range(cols):
-            yr[j] = (((xr[j] - mean_t) - resid_t) * r_t) * w[j] + b[j]
+            put(yr, j, (((xr[j] - mean_t) - resid_t) * r_t) * w[j] + b[j], fmt)
     elif w.shape[0] != 0:
         for j in range(cols):
-            yr[j] = (((xr[j] - mean_t) - resid_t) * r_t) * w[j]
+            put(yr, j, (((xr[j] - mean_t) - resid_t) * r_t) * w[j], fmt)
     elif b.shape[0] != 0:
         for j in range(cols):
-            yr[j] = (((xr[j] - mean_t) - resid_t) * r_t) + b[j]
+            put(yr, j, (((xr[j] - mean_t) - resid_t) * r_t) + b[j], fmt)
     else:
         for j in range(cols):
-            yr[j] = ((xr[j] - mean_t) - resid_t) * r_t
+            put(yr, j, ((xr[j] - mean_t) - resid_t) * r_t, fmt)
 
 
 @_jit.inline
