@@ -116,6 +116,8 @@ def tasks() -> list:
                     label = entries.name(index).replace("forward ", "forward_serial ")
                     out.append((f"entries.{label}", _entry, index, dt))
         out.append((f"forward_half_{kind}", _half_forward, getattr(cpu, f"forward_half_{kind}"), None))
+        if kind == "serial":  # the glue's half forward entry wraps the serial half kernel
+            out.append(("entries.forward_half_serial", _entry, entries.FORWARD_HALF, None))
         out.append((f"backward_half_{kind}", _half_backward, getattr(cpu, f"backward_half_{kind}"), None))
     return out
 

@@ -203,3 +203,45 @@ def test_half_backward_in_kernel_is_the_upcast_result_rounded_once(shape, center
     assert got[0].dtype == half and got[1].dtype == torch.float32
     assert torch.equal(got[0], want[0].to(half))
     assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+
+
+@pytest.mark.parametrize("shape", [(1, 9), (37, 50), (300, 257), (5000, 64)], ids=str)
+@pytest.mark.parametrize("centered", [True, False], ids=["layer", "rms"])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("wdtype", ["half", torch.float32, None], ids=str)
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=str)
+def test_half_forward_on_torchs_pool_gives_the_numba_paths_bits(monkeypatch, shape, centered, residual, wdtype, half):
+    """With the compiled glue, the bridge's half forward runs the serial half kernel over rows
+    split on torch's pool (``_native.forward_half``) instead of Numba's parallel kernel:
+    bitwise the same outputs and statistics, for any thread count, and the upcast
+    computation rounded once."""
+    if half not in _glue._HALF_IN_KERNEL:
+        pytest.skip("this CPU has no float16 conversion instructions: float16 is upcast")
+    if _fast.forward_half is None:
+        pytest.skip(f"the compiled glue is not in use: {_fast.WHY_NOT}")
+    rows, cols = shape
+    g = torch.Generator().manual_seed(rows + cols)
+    x = (torch.randn(shape, generator=g) * 3 + 1).to(half)
+    r = torch.randn(shape, generator=g).to(half) if residual else None
+    w = None if wdtype is None else torch.randn(cols, generator=g).to(half if wdtype == "half" else wdtype)
+    b = None if wdtype is None or not centered else torch.randn(cols, generator=g).to(w.dtype)
+
+    def run():
+        return _glue.forward_impl(x, r, (cols,), rows, cols, w, b, 1e-5, centered)
+
+    threads = torch.get_num_threads()
+    try:
+        on_pool = run()
+        torch.set_num_threads(1)
+        one_thread = run()
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(_fast, "forward_half", None)
+    numba_path = run()
+    for a, b_, c in zip(on_pool, one_thread, numba_path, strict=True):
+        assert torch.equal(a, b_) and torch.equal(a, c)
+    h = x if r is None else x + r
+    w32, b32 = (None if t is None else t.float() for t in (w, b))
+    want = _glue.forward_impl(h.float(), None, (cols,), rows, cols, w32, b32, 1e-5, centered)
+    assert torch.equal(on_pool[0], want[0].to(half))
+    assert torch.equal(on_pool[3], want[3])

@@ -85,6 +85,24 @@ def forward_parallel(data, stat, x_at, res_at, w_at, b_at, y_at, h_at, mean_at, 
     kernels.forward_parallel(x, res, w, b, eps, centered, y, h, mean, rstd)
 
 
+_HALF_BITS = np.empty(0, np.uint16)
+_FLOAT32 = np.empty(0, np.float32)
+
+
+@_jit.sweep
+def forward_half_serial(x_at, res_at, w_at, b_at, y_at, h_at, mean_at, rstd_at,
+                        rows, cols, has_res, n_w, n_b, n_mean, eps, centered, fmt):
+    """:func:`.kernels.forward_half_serial` on buffers given by address: half bits of format
+    ``fmt`` (x, residual, y, residual_out), float32 weight, bias and statistics."""
+    half, f32 = _HALF_BITS, _FLOAT32
+    kernels.forward_half_serial(
+        _matrix(x_at, half, rows, cols), _matrix(res_at, half, rows if has_res else 0, cols),
+        _vector(w_at, f32, n_w), _vector(b_at, f32, n_b), eps, centered,
+        _matrix(y_at, half, rows, cols), _matrix(h_at, half, rows if has_res else 0, cols),
+        _vector(mean_at, f32, n_mean), _vector(rstd_at, f32, rows), fmt,
+    )
+
+
 @_jit.inline
 def _backward_arrays(data, stat, gy_at, x_at, mean_at, rstd_at, w_at, gres_at, gx_at, dw_at, db_at,
                      rows, cols, n_mean, n_w, has_gres, n_params, n_chunks):

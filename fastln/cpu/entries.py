@@ -49,6 +49,16 @@ def _backward_chunks(gy, x, mean, rstd, w, gres, gx, dwp, dbp, rows, cols, n_mea
                                has_gres != 0, n_params, n_chunks, rows_per_chunk, first, stop, centered != 0)
 
 
+def _forward_half(x, res, w, b, y, h, mean, rstd, rows, cols, has_res, n_w, n_b, n_mean, eps, centered, fmt):
+    by_address.forward_half_serial(x, res, w, b, y, h, mean, rstd, rows, cols, has_res != 0,
+                                   n_w, n_b, n_mean, eps, centered != 0, fmt)
+
+
+#: ``FORWARD_SIG`` and the half format (:mod:`._half`): half bits in and out, float32
+#: weight, bias and statistics.
+FORWARD_HALF_SIG = types.void(*([_i64] * 8), _i64, _i64, _i64, _i64, _i64, _i64, types.float64, _i64, _i64)
+
+
 def _reduce(dwp, dbp, dw, db, n_chunks, n_params):
     by_address.reduce(np.empty(0, _DTYPE), dwp, dbp, dw, db, n_chunks, n_params)
 
@@ -66,6 +76,10 @@ KINDS = (
     (_backward_chunks, CHUNKS_SIG),
     (_reduce, REDUCE_SIG),
 )
+#: The entry after the per-dtype ones: the half-precision forward rows (either format),
+#: which the Python bridge's half path hands to the glue (``_native.forward_half``) so that
+#: its parallel work too runs on torch's pool.
+FORWARD_HALF = len(KINDS) * len(DTYPES)
 _compiled: dict[int, object] = {}
 
 
@@ -83,6 +97,8 @@ def _specialise(fn, dtype):
 
 def name(index: int) -> str:
     """``"forward float32"``... for entry ``index``."""
+    if index == FORWARD_HALF:
+        return "forward_half"
     fn, _ = KINDS[index % len(KINDS)]
     return f"{fn.__name__.lstrip('_')} {np.dtype(DTYPES[index // len(KINDS)]).name}"
 
@@ -91,6 +107,9 @@ def entry(index: int):
     """The compiled ``cfunc`` of entry ``index`` (compiled, or loaded from the cache, once)."""
     got = _compiled.get(index)
     if got is None:
+        if index == FORWARD_HALF:
+            got = _compiled[index] = _cache.cfunc(_specialise(_forward_half, np.uint16), FORWARD_HALF_SIG)
+            return got
         if not 0 <= index < len(KINDS) * len(DTYPES):
             raise IndexError(f"fastln: no C entry {index}")
         fn, sig = KINDS[index % len(KINDS)]

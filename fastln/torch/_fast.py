@@ -22,6 +22,9 @@ from fastln import _config
 #: Why the compiled glue is not in use, or None when it is.
 WHY_NOT: str | None = None
 norm = None
+#: ``_native.forward_half``: the Python bridge's half-precision forward kernel run on torch's
+#: pool (None without the compiled glue).
+forward_half = None
 
 
 def _backward(grad_y, grad_res, h, mean, rstd, weight, normalized_shape, eps, centered, needs):
@@ -42,7 +45,7 @@ def _backward(grad_y, grad_res, h, mean, rstd, weight, normalized_shape, eps, ce
 
 
 def _load():
-    global norm, WHY_NOT
+    global norm, forward_half, WHY_NOT
     if not _config.NATIVE:
         WHY_NOT = "turned off (FASTLN_NATIVE=0)"
         return
@@ -58,6 +61,7 @@ def _load():
         _config.MAX_CHUNKS, _config.MAX_PARTIAL_BYTES, _config.MIN_CHUNK_ELEMS,
     )
     norm = _native.norm
+    forward_half = _native.forward_half
 
 
 def describe() -> dict:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from fastln import _api, _checks
 from fastln.cpu import _half, by_address
+from fastln.torch import _fast
 
 HALF = (torch.float16, torch.bfloat16)
 #: Half types the CPU kernels convert row by row themselves, with their bit format.
@@ -344,6 +345,17 @@ def forward_impl(x, residual, norm, rows, cols, weight, bias, eps: float, center
         else:
             h = x.new_empty((0,))
             ru = hu = np.empty((0, 0), np.uint16)
+        if _fast.forward_half is not None:  # the compiled glue: parallel work on torch's pool
+            w32 = None if weight is None else as_(weight, torch.float32)
+            b32 = None if bias is None else as_(bias, torch.float32)
+            res = None if residual is None else as_(residual, x.dtype)
+            _fast.forward_half(
+                xc.data_ptr(), 0 if res is None else res.data_ptr(), 0 if w32 is None else w32.data_ptr(),
+                0 if b32 is None else b32.data_ptr(), y.data_ptr(), 0 if res is None else h.data_ptr(),
+                mean.data_ptr() if centered else 0, rstd.data_ptr(), rows, cols, res is not None,
+                0 if w32 is None else cols, 0 if b32 is None else cols, centered, float(eps), fmt,
+            )
+            return y, h, mean, rstd
         _api.run_forward_half(
             bits(xc, rows, cols), ru, param(weight, cols, torch.float32), param(bias, cols, torch.float32),
             eps, centered, bits(y, rows, cols), hu, view(mean).reshape(-1), view(rstd).reshape(rows), fmt,

@@ -41,15 +41,19 @@ using ChunksFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, 
                           int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                           int64_t, int64_t);
 using ReduceFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+using ForwardHalfFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                               int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, int64_t, int64_t);
 
-// fastln.cpu.entries: entry 3 * dtype + kind (dtype 0 float32, 1 float64).
+// fastln.cpu.entries: entry 3 * dtype + kind (dtype 0 float32, 1 float64), then the
+// half-precision forward (entries.FORWARD_HALF).
 enum Kind { FORWARD = 0, BACKWARD_CHUNKS = 1, REDUCE = 2 };
+constexpr int FORWARD_HALF_ENTRY = 6;
 
 struct Config {
   bool configured = false;
   int64_t serial_below = 0, row_cost = 0, col_split_min = 0, max_chunks = 1;
   int64_t max_partial_bytes = 0, min_chunk_elems = 1;
-  std::atomic<int64_t> entries[6] = {};
+  std::atomic<int64_t> entries[7] = {};
   // Python callables, kept for the life of the process (never decref'd: they must outlive
   // every autograd node, and static destructors run after the interpreter is gone).
   PyObject* resolve = nullptr;   // index -> address of fastln.cpu.entries' cfunc
@@ -57,8 +61,7 @@ struct Config {
 };
 Config cfg;
 
-int64_t entry(bool f64, Kind kind) {
-  const int i = 3 * (f64 ? 1 : 0) + kind;
+int64_t entry_at(int i) {
   int64_t a = cfg.entries[i].load(std::memory_order_acquire);
   if (a == 0) {  // first use: compile or load the cfunc (under the GIL: Numba needs it)
     py::gil_scoped_acquire gil;
@@ -67,6 +70,8 @@ int64_t entry(bool f64, Kind kind) {
   }
   return a;
 }
+
+int64_t entry(bool f64, Kind kind) { return entry_at(3 * (f64 ? 1 : 0) + kind); }
 
 int64_t addr(const Tensor& t) { return t.defined() ? reinterpret_cast<int64_t>(t.data_ptr()) : 0; }
 
@@ -183,6 +188,29 @@ Forward run_forward(const Tensor& x, const Tensor* res, const Tensor* w, const T
     rows_from(0, rows);
   }
   return o;
+}
+
+// The Python bridge's half-precision forward (bfloat16/float16 bits converted in the kernel,
+// float32 weight, bias and statistics), its buffers checked and allocated in Python
+// (fastln/torch/_glue.py), run here so that its parallel work is on torch's pool as the
+// float32/float64 path's is.  Rows are independent: any split gives the same bits.
+void forward_half(int64_t x, int64_t res, int64_t w, int64_t b, int64_t y, int64_t h, int64_t mean, int64_t rstd,
+                  int64_t rows, int64_t cols, bool has_res, int64_t n_w, int64_t n_b, bool centered, double eps,
+                  int64_t fmt) {
+  auto fn = reinterpret_cast<ForwardHalfFn>(entry_at(FORWARD_HALF_ENTRY));
+  auto rows_from = [&](int64_t begin, int64_t end) {
+    const int64_t off = begin * cols * 2, soff = begin * 4, n = end - begin;
+    fn(x + off, has_res ? res + off : 0, w, b, y + off, has_res ? h + off : 0, centered ? mean + soff : 0,
+       rstd + soff, n, cols, has_res ? 1 : 0, n_w, n_b, centered ? n : 0, eps, centered ? 1 : 0, fmt);
+  };
+  if (rows <= 0) return;
+  if (parallel(rows == 1, rows, rows * cols)) {
+    const int64_t grain = std::max<int64_t>(1, (cfg.serial_below / 2 + cols + cfg.row_cost - 1) / (cols + cfg.row_cost));
+    py::gil_scoped_release nogil;
+    at::parallel_for(0, rows, grain, rows_from);
+  } else {
+    rows_from(0, rows);
+  }
 }
 
 std::optional<Tensor> maybe(const Tensor* t) { return t ? std::optional<Tensor>(*t) : std::nullopt; }
@@ -345,6 +373,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("configure", &configure,
         "Hand over the entry resolver, the Python backward and fastln._config's launch constants.");
   m.def("norm", &norm, "y, (y, residual_out), or None when the Python bridge must take the call.");
+  m.def("forward_half", &forward_half,
+        "The half-precision forward kernel on buffers given by address, rows split over torch's pool.");
   m.def("chunking", [](int64_t rows, int64_t cols) { return chunking(rows, cols); },
         "The backward's (n_chunks, rows_per_chunk): fastln._api.chunking's port (tests compare them).");
   m.def("built_with", [] {
