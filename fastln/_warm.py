@@ -119,6 +119,8 @@ def tasks() -> list:
         if kind == "serial":  # the glue's half forward entry wraps the serial half kernel
             out.append(("entries.forward_half_serial", _entry, entries.FORWARD_HALF, None))
         out.append((f"backward_half_{kind}", _half_backward, getattr(cpu, f"backward_half_{kind}"), None))
+        if kind == "serial":
+            out.append(("entries.backward_half_serial", _entry, entries.BACKWARD_HALF_CHUNKS, None))
     return out
 
 

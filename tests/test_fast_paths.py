@@ -245,3 +245,41 @@ def test_half_forward_on_torchs_pool_gives_the_numba_paths_bits(monkeypatch, sha
     want = _glue.forward_impl(h.float(), None, (cols,), rows, cols, w32, b32, 1e-5, centered)
     assert torch.equal(on_pool[0], want[0].to(half))
     assert torch.equal(on_pool[3], want[3])
+
+
+@pytest.mark.parametrize("shape", [(1, 9), (37, 50), (300, 257), (5000, 64)], ids=str)
+@pytest.mark.parametrize("centered", [True, False], ids=["layer", "rms"])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("wdtype", ["half", torch.float32, None], ids=str)
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=str)
+def test_half_backward_on_torchs_pool_gives_the_numba_paths_bits(monkeypatch, shape, centered, residual, wdtype, half):
+    """The bridge's half backward with the compiled glue (``_native.backward_half``: the
+    fixed chunks on torch's pool, then the float32 reduction) gives bitwise the Numba
+    kernel's grad_x, grad_weight and grad_bias, for any thread count."""
+    if half not in _glue._HALF_IN_KERNEL:
+        pytest.skip("this CPU has no float16 conversion instructions: float16 is upcast")
+    if _fast.backward_half is None:
+        pytest.skip(f"the compiled glue is not in use: {_fast.WHY_NOT}")
+    rows, cols = shape
+    g = torch.Generator().manual_seed(rows * cols)
+    x = (torch.randn(shape, generator=g) * 3 + 1).to(half)
+    gy = torch.randn(shape, generator=g).to(half)
+    gres = torch.randn(shape, generator=g).to(half) if residual else None
+    w = None if wdtype is None else torch.randn(cols, generator=g).to(half if wdtype == "half" else wdtype)
+    _, _, mean, rstd = _glue.forward_impl(x, None, (cols,), rows, cols, w, None, 1e-5, centered)
+
+    def run(need_params=True):
+        return _glue.backward_impl(gy, gres, x, mean, rstd, w, (cols,), rows, cols, centered, need_params)
+
+    threads = torch.get_num_threads()
+    try:
+        on_pool, no_params = run(), run(False)
+        torch.set_num_threads(1)
+        one_thread = run()
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(_fast, "backward_half", None)
+    numba_path = run()
+    for a, b, c in zip(on_pool, one_thread, numba_path, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert torch.equal(no_params[0], on_pool[0])

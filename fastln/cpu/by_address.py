@@ -103,6 +103,22 @@ def forward_half_serial(x_at, res_at, w_at, b_at, y_at, h_at, mean_at, rstd_at,
     )
 
 
+@_jit.sweep
+def backward_half_chunks(gy_at, x_at, mean_at, rstd_at, w_at, gres_at, gx_at, dwp_at, dbp_at, rows, cols, n_mean,
+                         n_w, has_gres, n_params, n_chunks, rows_per_chunk, first, stop, centered, fmt):
+    """:func:`.kernels.backward_half_chunks` on buffers given by address: half bits of
+    format ``fmt`` (grad_y, x, the residual_out gradient, grad_x), float32 statistics and
+    weight, float64 partials as :func:`backward_chunks`."""
+    half, f32, part = _HALF_BITS, _FLOAT32, np.empty(0, np.float64)
+    kernels.backward_half_chunks(
+        _matrix(gy_at, half, rows, cols), _matrix(x_at, half, rows, cols), _vector(mean_at, f32, n_mean),
+        _vector(rstd_at, f32, rows), _vector(w_at, f32, n_w), centered,
+        _matrix(gres_at, half, rows if has_gres else 0, cols), _matrix(gx_at, half, rows, cols),
+        _matrix(dwp_at, part, n_chunks, n_params), _matrix(dbp_at, part, n_chunks, n_params),
+        rows_per_chunk, first, stop, fmt,
+    )
+
+
 @_jit.inline
 def _backward_arrays(data, stat, gy_at, x_at, mean_at, rstd_at, w_at, gres_at, gx_at, dw_at, db_at,
                      rows, cols, n_mean, n_w, has_gres, n_params, n_chunks):

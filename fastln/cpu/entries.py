@@ -54,9 +54,17 @@ def _forward_half(x, res, w, b, y, h, mean, rstd, rows, cols, has_res, n_w, n_b,
                                    n_w, n_b, n_mean, eps, centered != 0, fmt)
 
 
+def _backward_half_chunks(gy, x, mean, rstd, w, gres, gx, dwp, dbp, rows, cols, n_mean, n_w, has_gres, n_params,
+                          n_chunks, rows_per_chunk, first, stop, centered, fmt):
+    by_address.backward_half_chunks(gy, x, mean, rstd, w, gres, gx, dwp, dbp, rows, cols, n_mean, n_w,
+                                    has_gres != 0, n_params, n_chunks, rows_per_chunk, first, stop, centered != 0, fmt)
+
+
 #: ``FORWARD_SIG`` and the half format (:mod:`._half`): half bits in and out, float32
 #: weight, bias and statistics.
 FORWARD_HALF_SIG = types.void(*([_i64] * 8), _i64, _i64, _i64, _i64, _i64, _i64, types.float64, _i64, _i64)
+#: ``CHUNKS_SIG`` and the half format: half bits, float32 statistics and weight.
+CHUNKS_HALF_SIG = types.void(*([_i64] * 9), *([_i64] * 11), _i64)
 
 
 def _reduce(dwp, dbp, dw, db, n_chunks, n_params):
@@ -76,10 +84,13 @@ KINDS = (
     (_backward_chunks, CHUNKS_SIG),
     (_reduce, REDUCE_SIG),
 )
-#: The entry after the per-dtype ones: the half-precision forward rows (either format),
-#: which the Python bridge's half path hands to the glue (``_native.forward_half``) so that
-#: its parallel work too runs on torch's pool.
+#: The entries after the per-dtype ones: the half-precision forward rows and backward chunks
+#: (either format), which the Python bridge's half path hands to the glue
+#: (``_native.forward_half``, ``_native.backward_half``) so that its parallel work too runs
+#: on torch's pool.  (The partials are reduced by the float32 reduction entry.)
 FORWARD_HALF = len(KINDS) * len(DTYPES)
+BACKWARD_HALF_CHUNKS = FORWARD_HALF + 1
+_HALF = {FORWARD_HALF: (_forward_half, FORWARD_HALF_SIG), BACKWARD_HALF_CHUNKS: (_backward_half_chunks, CHUNKS_HALF_SIG)}
 _compiled: dict[int, object] = {}
 
 
@@ -97,8 +108,8 @@ def _specialise(fn, dtype):
 
 def name(index: int) -> str:
     """``"forward float32"``... for entry ``index``."""
-    if index == FORWARD_HALF:
-        return "forward_half"
+    if index in _HALF:
+        return _HALF[index][0].__name__.lstrip("_")
     fn, _ = KINDS[index % len(KINDS)]
     return f"{fn.__name__.lstrip('_')} {np.dtype(DTYPES[index // len(KINDS)]).name}"
 
@@ -107,8 +118,9 @@ def entry(index: int):
     """The compiled ``cfunc`` of entry ``index`` (compiled, or loaded from the cache, once)."""
     got = _compiled.get(index)
     if got is None:
-        if index == FORWARD_HALF:
-            got = _compiled[index] = _cache.cfunc(_specialise(_forward_half, np.uint16), FORWARD_HALF_SIG)
+        if index in _HALF:
+            fn, sig = _HALF[index]
+            got = _compiled[index] = _cache.cfunc(_specialise(fn, np.uint16), sig)
             return got
         if not 0 <= index < len(KINDS) * len(DTYPES):
             raise IndexError(f"fastln: no C entry {index}")

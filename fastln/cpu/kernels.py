@@ -319,38 +319,52 @@ def _forward_half(xu, ru, w, b, eps, centered, yu, hu, mean, rstd, fmt):
             rstd[i] = r
 
 
+@_jit.inline
+def _backward_half_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, c, rows_per_chunk, fmt):
+    """Chunk ``c`` of :func:`_backward_half`: its rows of gx, its row of the partials."""
+    rows, cols = xu.shape
+    has_gres = gresu.shape[0] != 0
+    n = dw_part.shape[1]
+    inv_c = 1.0 / cols
+    xf = np.empty(cols, np.float32)
+    gf = np.empty(cols, np.float32)
+    gxf = np.empty(cols, np.float32)
+    rf = np.empty(cols if has_gres else 0, np.float32)
+    acc_w = np.zeros(n, np.float32)
+    acc_b = np.zeros(n, np.float32)
+    start = c * rows_per_chunk
+    stop = min(start + rows_per_chunk, rows)
+    for i in range(start, stop):
+        widen(xu[i], xf, fmt)
+        widen(gyu[i], gf, fmt)
+        _backward_row(xf, gf, gxf, mean, rstd, i, w, centered, inv_c, acc_w, acc_b)
+        if has_gres:
+            widen(gresu[i], rf, fmt)
+            add_into(gxf, rf)
+        narrow(gxf, gxu[i], fmt)
+        if n != 0 and ((i - start + 1) % FLUSH_ROWS == 0 or i == stop - 1):
+            flush(acc_w, dw_part[c])
+            flush(acc_b, db_part[c])
+
+
 def _backward_half(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, dw, db, rows_per_chunk, fmt):
     """Half-precision backward (uint16 bits of format ``fmt``): each row of x, dy (and the
     residual_out gradient) widened into float32 buffers in cache, the float32 row kernel's
     own :func:`_backward_row` run on them (in the same chunks), gx rounded once.
     Bitwise what upcasting the tensors to float32 and rounding gx gives, without the copies.
     ``w``, ``mean``, ``rstd``, ``dw``, ``db`` are float32."""
-    rows, cols = xu.shape
-    has_gres = gresu.shape[0] != 0
-    n = dw_part.shape[1]
-    inv_c = 1.0 / cols
     for c in prange(dw_part.shape[0]):
-        xf = np.empty(cols, np.float32)
-        gf = np.empty(cols, np.float32)
-        gxf = np.empty(cols, np.float32)
-        rf = np.empty(cols if has_gres else 0, np.float32)
-        acc_w = np.zeros(n, np.float32)
-        acc_b = np.zeros(n, np.float32)
-        start = c * rows_per_chunk
-        stop = min(start + rows_per_chunk, rows)
-        for i in range(start, stop):
-            widen(xu[i], xf, fmt)
-            widen(gyu[i], gf, fmt)
-            _backward_row(xf, gf, gxf, mean, rstd, i, w, centered, inv_c, acc_w, acc_b)
-            if has_gres:
-                widen(gresu[i], rf, fmt)
-                add_into(gxf, rf)
-            narrow(gxf, gxu[i], fmt)
-            if n != 0 and ((i - start + 1) % FLUSH_ROWS == 0 or i == stop - 1):
-                flush(acc_w, dw_part[c])
-                flush(acc_b, db_part[c])
+        _backward_half_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, c, rows_per_chunk, fmt)
     if dw.shape[0] != 0:
         reduce_partials(dw_part, db_part, dw, db)
+
+
+@_jit.sweep
+def backward_half_chunks(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, rows_per_chunk, first, stop, fmt):
+    """Chunks ``first..stop-1`` of :func:`_backward_half`, one after another, into the
+    caller's float64 partials (zeroed), as :func:`backward_chunks` for the float kernels."""
+    for c in range(first, stop):
+        _backward_half_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, c, rows_per_chunk, fmt)
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from fastln import _config
 #: Why the compiled glue is not in use, or None when it is.
 WHY_NOT: str | None = None
 norm = None
-#: ``_native.forward_half``: the Python bridge's half-precision forward kernel run on torch's
-#: pool (None without the compiled glue).
-forward_half = None
+#: ``_native.forward_half``/``backward_half``: the Python bridge's half-precision kernels run
+#: on torch's pool (None without the compiled glue).
+forward_half = backward_half = None
 
 
 def _backward(grad_y, grad_res, h, mean, rstd, weight, normalized_shape, eps, centered, needs):
@@ -45,7 +45,7 @@ def _backward(grad_y, grad_res, h, mean, rstd, weight, normalized_shape, eps, ce
 
 
 def _load():
-    global norm, forward_half, WHY_NOT
+    global norm, forward_half, backward_half, WHY_NOT
     if not _config.NATIVE:
         WHY_NOT = "turned off (FASTLN_NATIVE=0)"
         return
@@ -62,6 +62,7 @@ def _load():
     )
     norm = _native.norm
     forward_half = _native.forward_half
+    backward_half = _native.backward_half
 
 
 def describe() -> dict:

@@ -405,6 +405,16 @@ def _backward_half(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, ce
     gy = as_(grad_y, h.dtype)
     gx = empty(hc.shape, h.dtype)
     dw, db = _param_outputs(cols, need_params, torch.float32)
+    if _fast.backward_half is not None and rows > 0:  # the compiled glue: chunks on torch's pool
+        m32, r32, w32 = (None if t is None else as_(t, torch.float32) for t in (mean if centered else None, rstd, weight))
+        gres = None if grad_res is None else as_(grad_res, h.dtype)
+        _fast.backward_half(
+            gy.data_ptr(), hc.data_ptr(), 0 if m32 is None else m32.data_ptr(), r32.data_ptr(),
+            0 if w32 is None else w32.data_ptr(), 0 if gres is None else gres.data_ptr(), gx.data_ptr(),
+            dw.data_ptr(), db.data_ptr(), rows, cols, 0 if w32 is None else cols, gres is not None,
+            dw.shape[0], centered, _HALF_IN_KERNEL[h.dtype],
+        )
+        return gx, dw, db
     _api.run_backward_half(
         bits(gy, rows, cols), bits(hc, rows, cols),
         view(as_(mean, torch.float32)).reshape(-1), view(as_(rstd, torch.float32)).reshape(rows),

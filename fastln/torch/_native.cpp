@@ -41,19 +41,22 @@ using ChunksFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, 
                           int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                           int64_t, int64_t);
 using ReduceFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+using ChunksHalfFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, int64_t);
 using ForwardHalfFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, int64_t, int64_t);
 
 // fastln.cpu.entries: entry 3 * dtype + kind (dtype 0 float32, 1 float64), then the
 // half-precision forward (entries.FORWARD_HALF).
 enum Kind { FORWARD = 0, BACKWARD_CHUNKS = 1, REDUCE = 2 };
-constexpr int FORWARD_HALF_ENTRY = 6;
+constexpr int FORWARD_HALF_ENTRY = 6, BACKWARD_HALF_ENTRY = 7;
 
 struct Config {
   bool configured = false;
   int64_t serial_below = 0, row_cost = 0, col_split_min = 0, max_chunks = 1;
   int64_t max_partial_bytes = 0, min_chunk_elems = 1;
-  std::atomic<int64_t> entries[7] = {};
+  std::atomic<int64_t> entries[8] = {};
   // Python callables, kept for the life of the process (never decref'd: they must outlive
   // every autograd node, and static destructors run after the interpreter is gone).
   PyObject* resolve = nullptr;   // index -> address of fastln.cpu.entries' cfunc
@@ -210,6 +213,35 @@ void forward_half(int64_t x, int64_t res, int64_t w, int64_t b, int64_t y, int64
     at::parallel_for(0, rows, grain, rows_from);
   } else {
     rows_from(0, rows);
+  }
+}
+
+// The Python bridge's half-precision backward (half bits of grad_y, x, the residual_out
+// gradient and grad_x; float32 statistics, weight, grad_weight and grad_bias), buffers
+// checked and allocated in Python: fastln._api's fixed chunks on torch's pool, then the float32
+// reduction of the float64 partials in chunk order, the Numba kernel's bits.
+void backward_half(int64_t gy, int64_t x, int64_t mean, int64_t rstd, int64_t w, int64_t gres, int64_t gx,
+                   int64_t dw, int64_t db, int64_t rows, int64_t cols, int64_t n_w, bool has_gres, int64_t n,
+                   bool centered, int64_t fmt) {
+  if (rows <= 0) return;
+  const auto [n_chunks, rows_per_chunk] = chunking(rows, cols);
+  const Tensor parts = empty({2, n_chunks, n}, at::kDouble);
+  if (parts.numel() > 0) std::memset(parts.data_ptr(), 0, parts.numel() * sizeof(double));
+  const int64_t dwp = n ? addr(parts) : 0, dbp = n ? dwp + n_chunks * n * 8 : 0;
+  auto chunks = reinterpret_cast<ChunksHalfFn>(entry_at(BACKWARD_HALF_ENTRY));
+  auto reduce = reinterpret_cast<ReduceFn>(entry(false, REDUCE));  // float32 grad_weight/grad_bias
+  auto chunks_from = [&](int64_t first, int64_t stop) {
+    chunks(gy, x, centered ? mean : 0, rstd, w, has_gres ? gres : 0, gx, dwp, dbp, rows, cols, centered ? rows : 0,
+           n_w, has_gres ? 1 : 0, n, n_chunks, rows_per_chunk, first, stop, centered ? 1 : 0, fmt);
+  };
+  {
+    py::gil_scoped_release nogil;
+    if (parallel(n_chunks == 1, rows, rows * cols)) {
+      at::parallel_for(0, n_chunks, 1, chunks_from);
+    } else {
+      chunks_from(0, n_chunks);
+    }
+    if (n) reduce(dwp, dbp, dw, db, n_chunks, n);
   }
 }
 
@@ -375,6 +407,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("norm", &norm, "y, (y, residual_out), or None when the Python bridge must take the call.");
   m.def("forward_half", &forward_half,
         "The half-precision forward kernel on buffers given by address, rows split over torch's pool.");
+  m.def("backward_half", &backward_half,
+        "The half-precision backward on buffers given by address, its chunks over torch's pool.");
   m.def("chunking", [](int64_t rows, int64_t cols) { return chunking(rows, cols); },
         "The backward's (n_chunks, rows_per_chunk): fastln._api.chunking's port (tests compare them).");
   m.def("built_with", [] {
