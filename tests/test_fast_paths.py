@@ -205,6 +205,20 @@ def test_half_backward_in_kernel_is_the_upcast_result_rounded_once(shape, center
     assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
 
 
+def _half_case(shape, residual, wdtype, half, native):
+    """``(x, residual or its gradient, weight, generator)`` for the half-on-torch's-pool tests;
+    skips where the half kernels or the compiled glue are not in use."""
+    if half not in _glue._HALF_IN_KERNEL:
+        pytest.skip("this CPU has no float16 conversion instructions: float16 is upcast")
+    if native is None:
+        pytest.skip(f"the compiled glue is not in use: {_fast.WHY_NOT}")
+    g = torch.Generator().manual_seed(shape[0] * shape[1])
+    x = (torch.randn(shape, generator=g) * 3 + 1).to(half)
+    r = torch.randn(shape, generator=g).to(half) if residual else None
+    w = None if wdtype is None else torch.randn(shape[1], generator=g).to(half if wdtype == "half" else wdtype)
+    return x, r, w, g
+
+
 @pytest.mark.parametrize("shape", [(1, 9), (37, 50), (300, 257), (5000, 64)], ids=str)
 @pytest.mark.parametrize("centered", [True, False], ids=["layer", "rms"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
@@ -215,15 +229,8 @@ def test_half_forward_on_torchs_pool_gives_the_numba_paths_bits(monkeypatch, sha
     split on torch's pool (``_native.forward_half``) instead of Numba's parallel kernel:
     bitwise the same outputs and statistics, for any thread count, and the upcast
     computation rounded once."""
-    if half not in _glue._HALF_IN_KERNEL:
-        pytest.skip("this CPU has no float16 conversion instructions: float16 is upcast")
-    if _fast.forward_half is None:
-        pytest.skip(f"the compiled glue is not in use: {_fast.WHY_NOT}")
+    x, r, w, g = _half_case(shape, residual, wdtype, half, _fast.forward_half)
     rows, cols = shape
-    g = torch.Generator().manual_seed(rows + cols)
-    x = (torch.randn(shape, generator=g) * 3 + 1).to(half)
-    r = torch.randn(shape, generator=g).to(half) if residual else None
-    w = None if wdtype is None else torch.randn(cols, generator=g).to(half if wdtype == "half" else wdtype)
     b = None if wdtype is None or not centered else torch.randn(cols, generator=g).to(w.dtype)
 
     def run():
@@ -256,16 +263,9 @@ def test_half_backward_on_torchs_pool_gives_the_numba_paths_bits(monkeypatch, sh
     """The bridge's half backward with the compiled glue (``_native.backward_half``: the
     fixed chunks on torch's pool, then the float32 reduction) gives bitwise the Numba
     kernel's grad_x, grad_weight and grad_bias, for any thread count."""
-    if half not in _glue._HALF_IN_KERNEL:
-        pytest.skip("this CPU has no float16 conversion instructions: float16 is upcast")
-    if _fast.backward_half is None:
-        pytest.skip(f"the compiled glue is not in use: {_fast.WHY_NOT}")
+    x, gres, w, g = _half_case(shape, residual, wdtype, half, _fast.backward_half)
     rows, cols = shape
-    g = torch.Generator().manual_seed(rows * cols)
-    x = (torch.randn(shape, generator=g) * 3 + 1).to(half)
     gy = torch.randn(shape, generator=g).to(half)
-    gres = torch.randn(shape, generator=g).to(half) if residual else None
-    w = None if wdtype is None else torch.randn(cols, generator=g).to(half if wdtype == "half" else wdtype)
     _, _, mean, rstd = _glue.forward_impl(x, None, (cols,), rows, cols, w, None, 1e-5, centered)
 
     def run(need_params=True):

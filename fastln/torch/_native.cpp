@@ -160,6 +160,19 @@ struct Forward {
   Tensor y, h, mean, rstd;
 };
 
+// A forward's rows, `rows_from(begin, end)`: serial, or split over torch's pool in tasks of
+// at least half the serial threshold's work each (the GIL released around them).
+template <class RowsFrom>
+void over_rows(int64_t rows, int64_t cols, const RowsFrom& rows_from) {
+  if (parallel(rows == 1, rows, rows * cols)) {
+    const int64_t grain = std::max<int64_t>(1, (cfg.serial_below / 2 + cols + cfg.row_cost - 1) / (cols + cfg.row_cost));
+    py::gil_scoped_release nogil;
+    at::parallel_for(0, rows, grain, rows_from);
+  } else {
+    rows_from(0, rows);
+  }
+}
+
 // The forward kernel on checked tensors.  `keep_stats`: allocate mean/rstd for a backward
 // (else the kernel keeps them in scratch of its own).  Called with the GIL held: released
 // around parallel work, as Numba's nogil dispatch does for the Python bridge.
@@ -182,14 +195,7 @@ Forward run_forward(const Tensor& x, const Tensor* res, const Tensor* w, const T
        res ? addr(o.h) + off : 0, stats && centered ? addr(o.mean) + soff : 0, stats ? addr(o.rstd) + soff : 0,
        n, cols, res ? 1 : 0, w ? cols : 0, b ? cols : 0, stats && centered ? n : 0, eps, centered ? 1 : 0);
   };
-  if (parallel(rows == 1, rows, rows * cols)) {
-    // Tasks of at least half the serial threshold's work each.
-    const int64_t grain = std::max<int64_t>(1, (cfg.serial_below / 2 + cols + cfg.row_cost - 1) / (cols + cfg.row_cost));
-    py::gil_scoped_release nogil;
-    at::parallel_for(0, rows, grain, rows_from);
-  } else {
-    rows_from(0, rows);
-  }
+  over_rows(rows, cols, rows_from);
   return o;
 }
 
@@ -206,14 +212,7 @@ void forward_half(int64_t x, int64_t res, int64_t w, int64_t b, int64_t y, int64
     fn(x + off, has_res ? res + off : 0, w, b, y + off, has_res ? h + off : 0, centered ? mean + soff : 0,
        rstd + soff, n, cols, has_res ? 1 : 0, n_w, n_b, centered ? n : 0, eps, centered ? 1 : 0, fmt);
   };
-  if (rows <= 0) return;
-  if (parallel(rows == 1, rows, rows * cols)) {
-    const int64_t grain = std::max<int64_t>(1, (cfg.serial_below / 2 + cols + cfg.row_cost - 1) / (cols + cfg.row_cost));
-    py::gil_scoped_release nogil;
-    at::parallel_for(0, rows, grain, rows_from);
-  } else {
-    rows_from(0, rows);
-  }
+  if (rows > 0) over_rows(rows, cols, rows_from);
 }
 
 // The Python bridge's half-precision backward (half bits of grad_y, x, the residual_out
