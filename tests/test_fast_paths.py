@@ -219,6 +219,23 @@ def _half_case(shape, residual, wdtype, half, native):
     return x, r, w, g
 
 
+def _same_bits_on_torchs_pool_and_numbas(monkeypatch, native, run):
+    """``run()``'s tensors with the glue's ``_fast.<native>`` on torch's pool (2 threads, then
+    1), asserted bitwise equal to each other and to the Numba path's (the glue turned off)."""
+    threads = torch.get_num_threads()
+    try:
+        on_pool = run()
+        torch.set_num_threads(1)
+        one_thread = run()
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(_fast, native, None)
+    numba_path = run()
+    for a, b, c in zip(on_pool, one_thread, numba_path, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    return on_pool
+
+
 @pytest.mark.parametrize("shape", [(1, 9), (37, 50), (300, 257), (5000, 64)], ids=str)
 @pytest.mark.parametrize("centered", [True, False], ids=["layer", "rms"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
@@ -236,17 +253,7 @@ def test_half_forward_on_torchs_pool_gives_the_numba_paths_bits(monkeypatch, sha
     def run():
         return _glue.forward_impl(x, r, (cols,), rows, cols, w, b, 1e-5, centered)
 
-    threads = torch.get_num_threads()
-    try:
-        on_pool = run()
-        torch.set_num_threads(1)
-        one_thread = run()
-    finally:
-        torch.set_num_threads(threads)
-    monkeypatch.setattr(_fast, "forward_half", None)
-    numba_path = run()
-    for a, b_, c in zip(on_pool, one_thread, numba_path, strict=True):
-        assert torch.equal(a, b_) and torch.equal(a, c)
+    on_pool = _same_bits_on_torchs_pool_and_numbas(monkeypatch, "forward_half", run)
     h = x if r is None else x + r
     w32, b32 = (None if t is None else t.float() for t in (w, b))
     want = _glue.forward_impl(h.float(), None, (cols,), rows, cols, w32, b32, 1e-5, centered)
@@ -271,15 +278,6 @@ def test_half_backward_on_torchs_pool_gives_the_numba_paths_bits(monkeypatch, sh
     def run(need_params=True):
         return _glue.backward_impl(gy, gres, x, mean, rstd, w, (cols,), rows, cols, centered, need_params)
 
-    threads = torch.get_num_threads()
-    try:
-        on_pool, no_params = run(), run(False)
-        torch.set_num_threads(1)
-        one_thread = run()
-    finally:
-        torch.set_num_threads(threads)
-    monkeypatch.setattr(_fast, "backward_half", None)
-    numba_path = run()
-    for a, b, c in zip(on_pool, one_thread, numba_path, strict=True):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    no_params = run(False)
+    on_pool = _same_bits_on_torchs_pool_and_numbas(monkeypatch, "backward_half", run)
     assert torch.equal(no_params[0], on_pool[0])

@@ -258,9 +258,10 @@ def _backward_chunk_short_rows(gy, x, mean, rstd, w, centered, gres, gx, dw_part
 # Row kernels
 # ---------------------------------------------------------------------------------------
 def _forward_rows(x, res, w, b, eps, centered, y, h, mean, rstd):
-    """Fused forward, one task per row (or per pair of wide rows, ``PAIR_FORWARD_ROW_BYTES``); or, for outputs too big for the last-level cache,
-    one task per ``STREAM_CHUNK_ROWS`` rows, each row computed into buffers in L1 cache and
-    streamed out (:mod:`._stream`).  Results are bitwise the same either way."""
+    """Fused forward, one task per row (per pair of rows of ``PAIR_FORWARD_ROW_BYTES`` and
+    more, with a weight); or, for outputs too big for the last-level cache, one task per
+    ``STREAM_CHUNK_ROWS`` rows, each row computed into buffers in L1 cache and streamed out
+    (:mod:`._stream`).  Results are bitwise the same either way."""
     rows, cols = x.shape
     has_res = h.shape[0] != 0
     if streaming((y.size + h.size) * y.itemsize, cols * y.itemsize):
