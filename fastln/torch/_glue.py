@@ -338,17 +338,12 @@ def forward_impl(x, residual, norm, rows, cols, weight, bias, eps: float, center
     ):
         # bfloat16/float16 converted row by row inside the kernel: no float32 copy of the tensor.
         xc = as_(x, x.dtype)
+        res = None if residual is None else as_(residual, x.dtype)
         y = empty(xc.shape, x.dtype)
-        if residual is not None:
-            h = empty(xc.shape, x.dtype)
-            ru, hu = bits(as_(residual, x.dtype), rows, cols), bits(h, rows, cols)
-        else:
-            h = x.new_empty((0,))
-            ru = hu = np.empty((0, 0), np.uint16)
+        h = x.new_empty((0,)) if res is None else empty(xc.shape, x.dtype)
         if _fast.forward_half is not None:  # the compiled glue: parallel work on torch's pool
             w32 = None if weight is None else as_(weight, torch.float32)
             b32 = None if bias is None else as_(bias, torch.float32)
-            res = None if residual is None else as_(residual, x.dtype)
             _fast.forward_half(
                 xc.data_ptr(), 0 if res is None else res.data_ptr(), 0 if w32 is None else w32.data_ptr(),
                 0 if b32 is None else b32.data_ptr(), y.data_ptr(), 0 if res is None else h.data_ptr(),
@@ -356,6 +351,10 @@ def forward_impl(x, residual, norm, rows, cols, weight, bias, eps: float, center
                 0 if w32 is None else cols, 0 if b32 is None else cols, centered, float(eps), fmt,
             )
             return y, h, mean, rstd
+        if res is None:
+            ru = hu = np.empty((0, 0), np.uint16)
+        else:
+            ru, hu = bits(res, rows, cols), bits(h, rows, cols)
         _api.run_forward_half(
             bits(xc, rows, cols), ru, param(weight, cols, torch.float32), param(bias, cols, torch.float32),
             eps, centered, bits(y, rows, cols), hu, view(mean).reshape(-1), view(rstd).reshape(rows), fmt,

@@ -22,6 +22,8 @@
 
 #include <sys/mman.h>
 
+#include <tuple>
+
 #include <atomic>
 #include <cstring>
 #include <string>
@@ -48,7 +50,7 @@ using ForwardHalfFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, int6
                                int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, int64_t, int64_t);
 
 // fastln.cpu.entries: entry 3 * dtype + kind (dtype 0 float32, 1 float64), then the
-// half-precision forward (entries.FORWARD_HALF).
+// half-precision forward and backward chunks (entries.FORWARD_HALF, BACKWARD_HALF_CHUNKS).
 enum Kind { FORWARD = 0, BACKWARD_CHUNKS = 1, REDUCE = 2 };
 constexpr int FORWARD_HALF_ENTRY = 6, BACKWARD_HALF_ENTRY = 7;
 
@@ -160,6 +162,32 @@ struct Forward {
   Tensor y, h, mean, rstd;
 };
 
+// A backward's fastln._api chunks (by shape) with their zeroed float64 partials, one row of
+// `n` per chunk for grad_weight and for grad_bias (addresses 0 when n is 0), and how to run
+// them: `chunks_from(first, stop)` on torch's pool, a chunk per task, or serially.  The
+// partials are then summed in chunk order: the parallel kernel's bits for any thread count.
+struct Partials {
+  int64_t n_chunks, rows_per_chunk, dwp = 0, dbp = 0;
+  Tensor parts;
+  Partials(int64_t rows, int64_t cols, int64_t n) {
+    std::tie(n_chunks, rows_per_chunk) = chunking(rows, cols);
+    parts = empty({2, n_chunks, n}, at::kDouble);
+    if (n) {
+      std::memset(parts.data_ptr(), 0, parts.numel() * sizeof(double));
+      dwp = addr(parts);
+      dbp = dwp + n_chunks * n * 8;
+    }
+  }
+  template <class ChunksFrom>
+  void run(int64_t rows, int64_t cols, const ChunksFrom& chunks_from) const {
+    if (parallel(n_chunks == 1, rows, rows * cols)) {
+      at::parallel_for(0, n_chunks, 1, chunks_from);
+    } else {
+      chunks_from(0, n_chunks);
+    }
+  }
+};
+
 // A forward's rows, `rows_from(begin, end)`: serial, or split over torch's pool in tasks of
 // at least half the serial threshold's work each (the GIL released around them).
 template <class RowsFrom>
@@ -223,25 +251,17 @@ void backward_half(int64_t gy, int64_t x, int64_t mean, int64_t rstd, int64_t w,
                    int64_t dw, int64_t db, int64_t rows, int64_t cols, int64_t n_w, bool has_gres, int64_t n,
                    bool centered, int64_t fmt) {
   if (rows <= 0) return;
-  const auto [n_chunks, rows_per_chunk] = chunking(rows, cols);
-  const Tensor parts = empty({2, n_chunks, n}, at::kDouble);
-  if (parts.numel() > 0) std::memset(parts.data_ptr(), 0, parts.numel() * sizeof(double));
-  const int64_t dwp = n ? addr(parts) : 0, dbp = n ? dwp + n_chunks * n * 8 : 0;
+  const Partials p(rows, cols, n);
   auto chunks = reinterpret_cast<ChunksHalfFn>(entry_at(BACKWARD_HALF_ENTRY));
   auto reduce = reinterpret_cast<ReduceFn>(entry(false, REDUCE));  // float32 grad_weight/grad_bias
   auto chunks_from = [&](int64_t first, int64_t stop) {
-    chunks(gy, x, centered ? mean : 0, rstd, w, has_gres ? gres : 0, gx, dwp, dbp, rows, cols, centered ? rows : 0,
-           n_w, has_gres ? 1 : 0, n, n_chunks, rows_per_chunk, first, stop, centered ? 1 : 0, fmt);
+    chunks(gy, x, centered ? mean : 0, rstd, w, has_gres ? gres : 0, gx, p.dwp, p.dbp, rows, cols,
+           centered ? rows : 0, n_w, has_gres ? 1 : 0, n, p.n_chunks, p.rows_per_chunk, first, stop,
+           centered ? 1 : 0, fmt);
   };
-  {
-    py::gil_scoped_release nogil;
-    if (parallel(n_chunks == 1, rows, rows * cols)) {
-      at::parallel_for(0, n_chunks, 1, chunks_from);
-    } else {
-      chunks_from(0, n_chunks);
-    }
-    if (n) reduce(dwp, dbp, dw, db, n_chunks, n);
-  }
+  py::gil_scoped_release nogil;  // called from Python, unlike the autograd node's backward
+  p.run(rows, cols, chunks_from);
+  if (n) reduce(p.dwp, p.dbp, dw, db, p.n_chunks, n);
 }
 
 std::optional<Tensor> maybe(const Tensor* t) { return t ? std::optional<Tensor>(*t) : std::nullopt; }
@@ -303,24 +323,15 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
     const int64_t n = need_params ? cols : 0;
     Tensor dw = empty({n}, dt);
     Tensor db = empty({n}, dt);
-    // fastln._api's fixed chunks (by shape), each with its float64 row of partials, run on
-    // torch's pool; then the partials are summed in chunk order: the parallel kernel's bits.
-    const auto [n_chunks, rows_per_chunk] = chunking(rows, cols);
-    const Tensor parts = empty({2, n_chunks, n}, at::kDouble);
-    if (parts.numel() > 0) std::memset(parts.data_ptr(), 0, parts.numel() * sizeof(double));
-    const int64_t dwp = n ? addr(parts) : 0, dbp = n ? dwp + n_chunks * n * 8 : 0;
+    const Partials p(rows, cols, n);
     auto chunks = reinterpret_cast<ChunksFn>(entry(dt == at::kDouble, BACKWARD_CHUNKS));
     auto chunks_from = [&](int64_t first, int64_t stop) {
-      chunks(addr(gyc), addr(h), centered ? addr(mean) : 0, addr(rstd), addr(w), addr(gresc), addr(gx), dwp, dbp,
-             rows, cols, centered ? rows : 0, w.defined() ? cols : 0, gresc.defined() ? 1 : 0, n, n_chunks,
-             rows_per_chunk, first, stop, centered ? 1 : 0);
+      chunks(addr(gyc), addr(h), centered ? addr(mean) : 0, addr(rstd), addr(w), addr(gresc), addr(gx), p.dwp,
+             p.dbp, rows, cols, centered ? rows : 0, w.defined() ? cols : 0, gresc.defined() ? 1 : 0, n, p.n_chunks,
+             p.rows_per_chunk, first, stop, centered ? 1 : 0);
     };
-    if (parallel(n_chunks == 1, rows, rows * cols)) {
-      at::parallel_for(0, n_chunks, 1, chunks_from);
-    } else {
-      chunks_from(0, n_chunks);
-    }
-    if (n) reinterpret_cast<ReduceFn>(entry(dt == at::kDouble, REDUCE))(dwp, dbp, addr(dw), addr(db), n_chunks, n);
+    p.run(rows, cols, chunks_from);
+    if (n) reinterpret_cast<ReduceFn>(entry(dt == at::kDouble, REDUCE))(p.dwp, p.dbp, addr(dw), addr(db), p.n_chunks, n);
     if (need_x) out[0] = gx;
     if (need_r) out[1] = gx;
     // A one-dimensional normalized_shape is dw's shape already: no view (~1 us each).
