@@ -88,6 +88,63 @@ def test_bitwise_identical_across_thread_counts(rng, shape):
             np.testing.assert_array_equal(a, b)
 
 
+def test_partials_are_summed_in_chunk_order(rng):
+    """grad_weight/grad_bias are the chunk partials added in chunk order, from 0.0, per column:
+    the order that makes them the same for any thread count (magnitudes spread so that
+    another order gives other bits)."""
+    from fastln.cpu._rows import reduce_partials
+
+    parts = rng.standard_normal((2, 14, 300)) * 10.0 ** rng.integers(-8, 9, (2, 14, 300))
+    dw, db = np.empty(300), np.empty(300)  # float64 (a float64 backward's): every bit of the sums shows
+    reduce_partials(parts[0], parts[1], dw, db)
+    for got, part in ((dw, parts[0]), (db, parts[1])):
+        want = []
+        for j in range(part.shape[1]):
+            s = 0.0
+            for c in range(part.shape[0]):
+                s += part[c, j]
+            want.append(s)
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(part[::-1].cumsum(0)[-1], got)  # another order, other bits
+
+
+def test_serial_kernels_run_on_unowned_views(rng):
+    """The serial twins hand their bodies views without an owner (no reference counting):
+    the same memory, shape and results as the arrays themselves."""
+    from fastln import _api, cpu
+    from fastln.cpu import _jit
+    from fastln.cpu._unowned import unowned
+
+    @_jit.sweep
+    def seen(a, b, c, n):
+        u, v, t = unowned(a), unowned(b), unowned(c)
+        u[0, 1] = n  # written through the view: lands in the caller's array
+        return u.shape, v.shape, t.shape, u.ctypes.data == a.ctypes.data, v.ctypes.data == b.ctypes.data
+
+    a, b, c = np.zeros((3, 4)), np.zeros(5, np.float32), np.zeros((4, 6))[:, ::2]
+    assert seen(a, b, c, 7.0) == ((3, 4), (5,), (4, 3), True, True) and a[0, 1] == 7.0
+
+    x = rng.standard_normal((300, 40)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal(40).astype(np.float32)
+    none = _api._no_rows(np.float32)
+    outs = []
+    for entry in (cpu.forward_serial, cpu.forward_serial.py_func.__globals__["kernel"]):
+        y, mean, rstd = np.empty_like(x), np.empty(300, np.float32), np.empty(300, np.float32)
+        entry(x, none, w, w, 1e-5, True, y, none, mean, rstd)
+        outs.append((y, mean, rstd))
+    for entry in (cpu.backward_serial, cpu.backward_serial.py_func.__globals__["kernel"]):
+        gx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(w)
+        n_chunks, per_chunk = _api.chunking(300, 40)
+        part = np.zeros((2, n_chunks, 40))
+        entry(g, x, outs[0][1], outs[0][2], w, True, none, gx, part[0], part[1], dw, db, per_chunk)
+        outs.append((gx, dw, db))
+    for unowned_out, counted_out in ((outs[0], outs[1]), (outs[2], outs[3])):
+        for u, c in zip(unowned_out, counted_out, strict=True):
+            np.testing.assert_array_equal(u, c)
+    np.testing.assert_allclose(outs[2][0], reference.backward(g, x, 1, w)[0], atol=2e-5 * (np.abs(outs[2][0]).max() + 1))
+
+
 def test_serial_and_parallel_kernels_agree(rng, monkeypatch):
     x = rng.standard_normal((4000, 100)).astype(np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)

@@ -19,8 +19,14 @@ so the comparison survives a noisy machine better than two separate runs).
   (``aten.native_layer_norm_backward``, 2 threads), all allocating their outputs.
 - **short rows**: the same backward on rows of at most ``BLOCK`` elements, in their own row
   loop (``kernels._backward_short_row``) against the general loop, and torch's kernel.
+- **reduce**: the same backward (parallel kernel, 2 threads, and serial, 1 thread), the chunk
+  partials summed chunk by chunk (``_rows.reduce_partials``) against column by column.
 
-``--only stats,stream,wide,pairs,backward,short`` picks sections.
+- **unowned**: the serial forward and backward kernels (1 thread, torch too) entered on
+  views without reference counts (``_jit.twins``' entry, what they run now) against their
+  bodies called with the NumPy arrays themselves (the views' references counted atomically).
+
+``--only stats,stream,wide,pairs,backward,short,reduce,unowned`` picks sections.
 """
 
 import argparse
@@ -96,11 +102,11 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short")
+    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned")
     p.add_argument("--pair-bytes", type=int, default=K.PAIR_FORWARD_ROW_BYTES)
     a = p.parse_args()
     only = set(a.only.split(","))
-    for section in ("stats", "stream", "wide", "pairs", "backward", "short"):
+    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned"):
         if section in only:
             if section == "pairs":
                 _pairs(a.rounds, a.pair_bytes)
@@ -153,12 +159,27 @@ def _pairs(rounds, pair_bytes):
                 SHAPES, rounds)
 
 
-def _backward_variant(paired, short_loop=True, serial=False):
+def _reduce_by_column(dw_part, db_part, dw, db):
+    """``_rows.reduce_partials`` before: a column at a time (a chain of dependent adds)."""
+    for j in range(dw.shape[0]):
+        sw = 0.0
+        sb = 0.0
+        for c in range(dw_part.shape[0]):
+            sw += dw_part[c, j]
+            sb += db_part[c, j]
+        dw[j] = sw
+        db[j] = sb
+
+
+def _backward_variant(paired, short_loop=True, serial=False, by_column=False):
     """The row backward kernel with rows swept in pairs or one at a time; with
     ``short_loop=False`` short rows take the general row loop too; ``serial``: the serial
-    twin (what the torch bridge's glue runs, a chunk per task of torch's pool)."""
+    twin (what the torch bridge's glue runs, a chunk per task of torch's pool);
+    ``by_column``: the partials reduced a column at a time (the old reduction)."""
     g = dict(K.__dict__)
     g["PAIRED_BACKWARD"] = paired
+    if by_column:
+        g["reduce_partials"] = _recompile(_reduce_by_column, g)
     g["_backward_chunk"] = _recompile(K._backward_chunk, g, inline="always")
     if serial:
         g["prange"] = range
@@ -184,6 +205,65 @@ def _short(rounds):
                     "(1 thread, torch too); time", ("general loop", "short-row loop"),
                     _backward_variant(True, short_loop=False, serial=True), _backward_variant(True, serial=True),
                     [(640, 20), (4096, 20), (200, 64), (512, 128), (64, 512), (512, 512)], rounds, torch)
+
+
+def _reduce(rounds):
+    import torch
+
+    shapes = [(512, 768), (4096, 1024), (128, 4096), (8192, 256)]
+    for serial, threads in ((False, numba.get_num_threads()), (True, 1)):
+        torch.set_num_threads(threads)
+        numba.set_num_threads(threads)
+        _backward_table(f"reduce: backward LayerNorm float32 with weight, bias and their gradients, "
+                        f"{'serial' if serial else 'parallel'} kernel, {threads} thread(s), torch too; time",
+                        ("by column", "by chunk"), _backward_variant(False, serial=serial, by_column=True),
+                        _backward_variant(False, serial=serial), shapes, rounds, torch)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def _unowned(rounds):
+    import torch
+
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    print("\nunowned: serial kernels (1 thread, torch too), float32 with weight and bias; time")
+    print("| shape | pass | counted views | unowned views | torch | speed-up [min-max] | torch / unowned [min-max] |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in [(640, 20), (64, 512), (512, 768), (4096, 1024), (8192, 256)]:
+        for name, kept in _unowned_case(shape, rounds, torch).items():
+            up, vs = kept["counted"] / kept["unowned"], kept["torch"] / kept["unowned"]
+            med = {k: float(np.median(v)) * 1e6 for k, v in kept.items()}
+            print(f"| {shape[0]}x{shape[1]} | {name} | {med['counted']:.1f} us | {med['unowned']:.1f} us | "
+                  f"{med['torch']:.1f} us | {np.median(up):.2f}x [{up.min():.2f}-{up.max():.2f}] | "
+                  f"{np.median(vs):.2f}x [{vs.min():.2f}-{vs.max():.2f}] |", flush=True)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def _unowned_case(shape, rounds, torch):
+    """Kept samples of the serial forward and backward, entered as they are now and as their
+    bodies (the arrays as given, references counted), beside torch's kernels."""
+    from fastln import _api, cpu
+
+    rows, cols = shape
+    x, w, b, gy, _ = bench.make_inputs(shape, "float32")
+    none = _api._no_rows(np.float32)
+    y, mean, rstd = np.empty_like(x), np.empty(rows, np.float32), np.empty(rows, np.float32)
+    gx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(w)
+    n_chunks, per_chunk = _api.chunking(rows, cols)
+    part = np.zeros((2, n_chunks, cols))
+    forward = (x, none, w, b, 1e-5, True, y, none, mean, rstd)
+    backward = (gy, x, mean, rstd, w, True, none, gx, part[0], part[1], dw, db, per_chunk)
+    xt, wt, bt, gt = (torch.from_numpy(a) for a in (x, w, b, gy))
+    _, mt, rt = torch.ops.aten.native_layer_norm(xt, [cols], wt, bt, 1e-5)
+    torch_fns = {"forward": lambda: torch.ops.aten.native_layer_norm(xt, [cols], wt, bt, 1e-5),
+                 "backward": lambda: torch.ops.aten.native_layer_norm_backward(gt, xt, [cols], mt, rt, wt, bt, [True] * 3)}
+    out = {}
+    for name, entry, args in (("forward", cpu.forward_serial, forward), ("backward", cpu.backward_serial, backward)):
+        body = entry.py_func.__globals__["kernel"]  # the twin's body, entered with the arrays as given
+        entry(*args)  # forward first: the backward reads its statistics
+        out[name] = bench.kept_samples({"counted": lambda b=body, a=args: b(*a), "unowned": lambda e=entry, a=args: e(*a),
+                                        "torch": torch_fns[name]}, rounds)[0]
+    return out
 
 
 def _backward_table(title, names, old, new, shapes, rounds, torch):

@@ -17,34 +17,21 @@ kernels' own (:mod:`.kernels`), so results are bitwise the same as through the N
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, types
-from numba.extending import intrinsic
+from numba import carray
 
 from fastln.cpu import _jit, kernels
 from fastln.cpu._rows import reduce_partials
-
-
-@intrinsic
-def _pointer(typingctx, address, witness):
-    """``address`` (an integer) as a pointer to ``witness``'s dtype."""
-    if not isinstance(address, types.Integer) or not isinstance(witness, types.Array):
-        return None
-    ptr = types.CPointer(witness.dtype)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(ptr))
-
-    return ptr(address, witness), codegen
+from fastln.cpu._unowned import pointer
 
 
 @_jit.inline
 def _matrix(address, witness, rows, cols):
-    return carray(_pointer(address, witness), (rows, cols))
+    return carray(pointer(address, witness), (rows, cols))
 
 
 @_jit.inline
 def _vector(address, witness, n):
-    return carray(_pointer(address, witness), (n,))
+    return carray(pointer(address, witness), (n,))
 
 
 @_jit.inline
