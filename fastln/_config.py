@@ -78,8 +78,12 @@ MIN_CHUNK_ELEMS = _env_int("FASTLN_MIN_CHUNK_ELEMS", 1 << 15)
 MAX_PARTIAL_BYTES = _env_int("FASTLN_MAX_PARTIAL_BYTES", 4 << 20)
 
 #: Backward gathers grad_weight/grad_bias over this many rows in the data's dtype before
-#: adding them into float64 partials.
-FLUSH_ROWS = _env_int("FASTLN_FLUSH_ROWS", 16)
+#: adding them into float64 partials.  32 rather than 16: each flush converts and adds two
+#: rows of float64 partials, and halving them made the backward 1.03x faster at 512x768
+#: and 1.09-1.12x at 8192x256, level at 4096x1024 (float32, 2 threads), for errors that stay
+#: at float32's own rounding (0.9-1.2e-7 of the largest gradient with 16 or 32;
+#: ``python tools/kernel_ab.py --only flush``).
+FLUSH_ROWS = _env_int("FASTLN_FLUSH_ROWS", 32)
 
 #: Wide rows are split into column blocks of this many elements (a multiple of ``BLOCK``)
 #: so that a few very wide rows still use every thread and backward needs no per-chunk

@@ -26,7 +26,11 @@ so the comparison survives a noisy machine better than two separate runs).
   views without reference counts (``_jit.twins``' entry, what they run now) against their
   bodies called with the NumPy arrays themselves (the views' references counted atomically).
 
-``--only stats,stream,wide,pairs,backward,short,reduce,unowned`` picks sections.
+- **flush**: the parallel backward with grad_weight/grad_bias gathered over 16, 32 and 64
+  rows in float32 before each float64 flush (``_config.FLUSH_ROWS``), times and the largest
+  error against the float64 reference, relative to the largest gradient.
+
+``--only stats,stream,wide,pairs,backward,short,reduce,unowned,flush`` picks sections.
 """
 
 import argparse
@@ -102,11 +106,11 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned")
+    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,flush")
     p.add_argument("--pair-bytes", type=int, default=K.PAIR_FORWARD_ROW_BYTES)
     a = p.parse_args()
     only = set(a.only.split(","))
-    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned"):
+    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "flush"):
         if section in only:
             if section == "pairs":
                 _pairs(a.rounds, a.pair_bytes)
@@ -264,6 +268,48 @@ def _unowned_case(shape, rounds, torch):
         out[name] = bench.kept_samples({"counted": lambda b=body, a=args: b(*a), "unowned": lambda e=entry, a=args: e(*a),
                                         "torch": torch_fns[name]}, rounds)[0]
     return out
+
+
+def _flush(rounds):
+    from fastln import _api
+    from tests import reference
+
+    counts = (16, 32, 64)
+    kernels = {}
+    for rows_per_flush in counts:
+        g = dict(K.__dict__)
+        g["FLUSH_ROWS"] = rows_per_flush
+        g["_backward_chunk"] = _recompile(K._backward_chunk, g, inline="always")
+        kernels[rows_per_flush] = _recompile(K._backward_rows, g, parallel=True)
+    print("\nflush: backward LayerNorm float32 with weight and parameter gradients, rows gathered per float64 flush; "
+          "time [IQR of the speed-up over 16], largest dw/db error relative to the largest")
+    print("| shape | " + " | ".join(str(c) for c in counts) + " |")
+    print("|---|" + "---|" * len(counts))
+    for shape in [(512, 768), (4096, 1024), (8192, 256)]:
+        rows, cols = shape
+        x, w, _, gy, _ = bench.make_inputs(shape, "float32")
+        none = np.empty((0, cols), np.float32)
+        _, mean, rstd = fastln.layer_norm_forward(x, None, w, w)
+        n_chunks, per_chunk = _api.chunking(rows, cols)
+        _, rdw, rdb = reference.backward(gy, x, 1, w)
+
+        def run(kernel, x=x, gy=gy, w=w, mean=mean, rstd=rstd, none=none, n_chunks=n_chunks, per_chunk=per_chunk):
+            gx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(w)
+            part = np.zeros((2, n_chunks, x.shape[1]))
+            kernel(gy, x, mean, rstd, w, True, none, gx, part[0], part[1], dw, db, per_chunk)
+            return dw, db
+
+        errors = {}
+        for c, kernel in kernels.items():
+            dw, db = run(kernel)
+            errors[c] = max(np.abs(dw - rdw).max() / np.abs(rdw).max(), np.abs(db - rdb).max() / np.abs(rdb).max())
+        kept = bench.kept_samples({c: (lambda k=kernel: run(k)) for c, kernel in kernels.items()}, rounds)[0]
+        cells = []
+        for c in counts:
+            up = kept[counts[0]] / kept[c]
+            cells.append(f"{np.median(kept[c]) * 1e6:.1f} us, {np.median(up):.2f}x "
+                         f"[{np.percentile(up, 25):.2f}-{np.percentile(up, 75):.2f}], err {errors[c]:.1e}")
+        print(f"| {rows}x{cols} | " + " | ".join(cells) + " |", flush=True)
 
 
 def _backward_table(title, names, old, new, shapes, rounds, torch):

@@ -199,7 +199,7 @@ def _backward_chunk(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, 
 
     Row sums are float64; the sweep runs in the data's dtype.  dw/db gather ``FLUSH_ROWS``
     rows in the data's dtype (full SIMD width) before being added into the float64
-    partials, so rounding grows with 16 rows, not with the chunk.  With parameter
+    partials, so rounding grows with 32 rows, not with the chunk.  With parameter
     gradients of wide rows, rows are swept in pairs (``PAIRED_BACKWARD``; a pair never
     straddles a flush: ``FLUSH_ROWS`` is even).
     """
