@@ -5,9 +5,10 @@ replaced and vs torch's native half kernels (LayerNorm, affine, 2 threads).
     python tools/half_bench.py --kernels [--rounds 21]
 
 Interleaved bursts (fastln.bench); ratio = other time / in-kernel time, [min-max] per round.
-``--kernels`` times the parallel forward kernel alone (no bridge, outputs reused) against the
-one it replaced, compiled here: a float32 output row rounded in a pass of its own, where
-float16 rows are now rounded by the sweep as it writes them; [interquartile range].
+``--kernels`` times the parallel forward and backward kernels alone (no bridge, outputs
+reused) against the ones they replaced, compiled here: a float32 output row (y, or grad_x
+without a residual's gradient) rounded in a pass of its own, where the sweep now rounds each
+value as it writes it; [interquartile range].
 """
 
 import argparse
@@ -82,12 +83,84 @@ def _old_forward_half(xu, w, b, eps, centered, yu, mean, rstd, fmt):
             rstd[i] = r
 
 
+def _old_backward_half(gyu, xu, mean, rstd, w, centered, gxu, dw_part, db_part, dw, db, rows_per_chunk, fmt):
+    """The backward half kernel before grad_x's rounding moved into the sweep (no residual)."""
+    rows, cols = xu.shape
+    n = dw_part.shape[1]
+    for c in numba.prange(dw_part.shape[0]):
+        xf = np.empty(cols, np.float32)
+        gf = np.empty(cols, np.float32)
+        gxf = np.empty(cols, np.float32)
+        acc_w = np.zeros(n, np.float32)
+        acc_b = np.zeros(n, np.float32)
+        start = c * rows_per_chunk
+        stop = min(start + rows_per_chunk, rows)
+        for i in range(start, stop):
+            widen(xu[i], xf, fmt)
+            widen(gyu[i], gf, fmt)
+            K._backward_row(xf, gf, gxf, mean, rstd, i, w, centered, 1.0 / cols, acc_w, acc_b, 0)
+            narrow(gxf, gxu[i], fmt)
+            if n != 0 and ((i - start + 1) % K.FLUSH_ROWS == 0 or i == stop - 1):
+                K.flush(acc_w, dw_part[c])
+                K.flush(acc_b, db_part[c])
+    K.reduce_partials(dw_part, db_part, dw, db)
+
+
 def kernels(rounds):
-    old = _jit.parallel(_old_forward_half)
+    _forward_kernels(rounds)
+    _backward_kernels(rounds)
+
+
+def _bits(rng, shape, offset=0.0):
+    """bfloat16 bits of normal samples (valid float16 bits too: small positive halves)."""
+    return ((rng.standard_normal(shape).astype(np.float32) + offset).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _backward_kernels(rounds):
+    from fastln import _api
+
+    old = _jit.parallel(_old_backward_half)
+    print("\nbackward, grad_x rounded after or in the sweep (weight, parameter gradients); bfloat16 grad_x is "
+          "rounded after in both (the kernel keeps that path for it), so its rows show the noise")
     print("| shape | dtype | rounded after | rounded in the sweep | speed-up [IQR] |\n|---|---|---|---|---|")
     for rows, cols in SHAPES[:3] + [(1024, 4096)]:
         rng = np.random.default_rng(0)
-        xu = ((rng.standard_normal((rows, cols)).astype(np.float32) + 2).view(np.uint32) >> 16).astype(np.uint16)
+        xu, gyu = _bits(rng, (rows, cols), 2.0), _bits(rng, (rows, cols))
+        w = rng.standard_normal(cols).astype(np.float32)
+        none = np.empty((0, cols), np.uint16)
+        n_chunks, per_chunk = _api.chunking(rows, cols)
+        outs = {k: (np.empty_like(xu), np.zeros((2, n_chunks, cols)), np.empty((2, cols), np.float32)) for k in ("old", "new")}
+        for fmt, name in ((_half.BFLOAT16, "bfloat16"), (_half.FLOAT16, "float16")):
+            mean, rstd = np.empty((2, rows), np.float32)
+            y = np.empty_like(xu)
+            K.forward_half_parallel(xu, none, w, w, 1e-5, True, y, none, mean, rstd, fmt)
+
+            def run(kind, fmt=fmt, mean=mean, rstd=rstd, xu=xu, gyu=gyu, w=w, none=none, per_chunk=per_chunk, outs=outs):
+                gx, part, p = outs[kind]
+                part[:] = 0
+                if kind == "old":
+                    old(gyu, xu, mean, rstd, w, True, gx, part[0], part[1], p[0], p[1], per_chunk, fmt)
+                else:
+                    K.backward_half_parallel(gyu, xu, mean, rstd, w, True, none, gx, part[0], part[1], p[0], p[1], per_chunk, fmt)
+
+            fns = {k: partial(run, k) for k in ("old", "new")}
+            for f in fns.values():
+                f()
+            for a, b in zip(outs["old"], outs["new"], strict=True):
+                assert np.array_equal(a, b), "not the same bits"
+            k, _ = bench.kept_samples(fns, rounds)
+            r = k["old"] / k["new"]
+            print(f"| {rows}x{cols} | {name} | {np.median(k['old']) * 1e6:.0f} us | {np.median(k['new']) * 1e6:.0f} us "
+                  f"| {np.median(r):.2f}x [{np.percentile(r, 25):.2f}-{np.percentile(r, 75):.2f}] |", flush=True)
+
+
+def _forward_kernels(rounds):
+    old = _jit.parallel(_old_forward_half)
+    print("forward, y rounded after or in the sweep (weight and bias)")
+    print("| shape | dtype | rounded after | rounded in the sweep | speed-up [IQR] |\n|---|---|---|---|---|")
+    for rows, cols in SHAPES[:3] + [(1024, 4096)]:
+        rng = np.random.default_rng(0)
+        xu = _bits(rng, (rows, cols), 2.0)
         w, b = rng.standard_normal((2, cols)).astype(np.float32)
         y_old, y_new, none = np.empty_like(xu), np.empty_like(xu), np.empty((0, cols), np.uint16)
         mean, rstd = np.empty((2, rows), np.float32)

@@ -117,33 +117,34 @@ def backward_row_sums(xr, gr, w, m):
 
 
 @_jit.inline
-def backward_sweep(xr, gr, gxr, m, corr_t, r_t, c1_t, c2_t, w, acc_w, acc_b):
+def backward_sweep(xr, gr, gxr, m, corr_t, r_t, c1_t, c2_t, w, acc_w, acc_b, fmt):
     """``gx = (wdy - (x_hat * c1 + c2)) * rstd``; with ``acc_w`` of nonzero length also
-    ``acc_w += dy * x_hat`` and ``acc_b += dy`` (parameter gradients, in the data's dtype)."""
+    ``acc_w += dy * x_hat`` and ``acc_b += dy`` (parameter gradients, in the data's dtype).
+    A uint16 ``gxr`` takes gx as half bits of format ``fmt`` (:func:`._half.put`)."""
     cols = xr.shape[0]
     if acc_w.shape[0] != 0:
         if w.shape[0] != 0:
             for j in range(cols):
                 g = gr[j]
                 x_hat = ((xr[j] - m) - corr_t) * r_t
-                gxr[j] = (g * w[j] - (x_hat * c1_t + c2_t)) * r_t
+                put(gxr, j, (g * w[j] - (x_hat * c1_t + c2_t)) * r_t, fmt)
                 acc_w[j] += g * x_hat
                 acc_b[j] += g
         else:
             for j in range(cols):
                 g = gr[j]
                 x_hat = ((xr[j] - m) - corr_t) * r_t
-                gxr[j] = (g - (x_hat * c1_t + c2_t)) * r_t
+                put(gxr, j, (g - (x_hat * c1_t + c2_t)) * r_t, fmt)
                 acc_w[j] += g * x_hat
                 acc_b[j] += g
     elif w.shape[0] != 0:
         for j in range(cols):
             x_hat = ((xr[j] - m) - corr_t) * r_t
-            gxr[j] = (gr[j] * w[j] - (x_hat * c1_t + c2_t)) * r_t
+            put(gxr, j, (gr[j] * w[j] - (x_hat * c1_t + c2_t)) * r_t, fmt)
     else:
         for j in range(cols):
             x_hat = ((xr[j] - m) - corr_t) * r_t
-            gxr[j] = (gr[j] - (x_hat * c1_t + c2_t)) * r_t
+            put(gxr, j, (gr[j] - (x_hat * c1_t + c2_t)) * r_t, fmt)
 
 
 @_jit.inline

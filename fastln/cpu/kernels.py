@@ -31,7 +31,7 @@ from fastln._config import BLOCK, COL_BLOCK, FLUSH_ROWS
 from fastln.cpu import _jit
 from fastln.cpu import layer_norm as ln
 from fastln.cpu import rms_norm as rms
-from fastln.cpu._half import narrow, widen
+from fastln.cpu._half import FLOAT16, narrow, widen
 from fastln.cpu._rows import (
     add_into,
     add_rows,
@@ -162,11 +162,12 @@ def _backward_terms(xr, gr, mean, rstd, i, w, centered, inv_c):
 
 
 @_jit.inline
-def _backward_row(xr, gr, gxr, mean, rstd, i, w, centered, inv_c, acc_w, acc_b):
+def _backward_row(xr, gr, gxr, mean, rstd, i, w, centered, inv_c, acc_w, acc_b, fmt):
     """Row ``i``'s backward: its constants (:func:`_backward_terms`), then the sweep in the
-    row's dtype (writes ``gxr``; adds into ``acc_w``/``acc_b`` when they have length)."""
+    row's dtype (writes ``gxr``, or half bits of format ``fmt`` into a uint16 ``gxr``; adds
+    into ``acc_w``/``acc_b`` when they have length)."""
     m, corr, r, c1, c2 = _backward_terms(xr, gr, mean, rstd, i, w, centered, inv_c)
-    backward_sweep(xr, gr, gxr, m, corr, r, c1, c2, w, acc_w, acc_b)
+    backward_sweep(xr, gr, gxr, m, corr, r, c1, c2, w, acc_w, acc_b, fmt)
 
 
 @_jit.inline
@@ -180,7 +181,7 @@ def _backward_short_row(xr, gr, gxr, mean, rstd, i, w, centered, inv_c, acc_w, a
     r = np.float64(rstd[i])
     a, b, c = block_backward_sums(xr, gr, w, m)
     corr, c1, c2 = _coefficients(np.float64(a), np.float64(b), np.float64(c), r, inv_c, centered)
-    backward_sweep(xr, gr, gxr, m, cast(corr), cast(r), cast(c1), cast(c2), w, acc_w, acc_b)
+    backward_sweep(xr, gr, gxr, m, cast(corr), cast(r), cast(c1), cast(c2), w, acc_w, acc_b, 0)
 
 
 @_jit.inline
@@ -217,7 +218,7 @@ def _backward_chunk(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, 
             _backward_pair(x, gy, gx, mean, rstd, i, w, centered, inv_c, acc_w, acc_b)
             done = 2
         else:
-            _backward_row(x[i], gy[i], gx[i], mean, rstd, i, w, centered, inv_c, acc_w, acc_b)
+            _backward_row(x[i], gy[i], gx[i], mean, rstd, i, w, centered, inv_c, acc_w, acc_b, 0)
             done = 1
         if gres.shape[0] != 0:
             for k in range(i, i + done):
@@ -322,14 +323,22 @@ def _forward_half(xu, ru, w, b, eps, centered, yu, hu, mean, rstd, fmt):
 
 @_jit.inline
 def _backward_half_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, c, rows_per_chunk, fmt):
-    """Chunk ``c`` of :func:`_backward_half`: its rows of gx, its row of the partials."""
+    """Chunk ``c`` of :func:`_backward_half`: its rows of gx, its row of the partials.
+
+    float16 gx without a residual's gradient is rounded by the sweep as it writes it (no
+    float32 row, no pass of its own): 1.04-1.19x faster than rounding after (``python
+    tools/half_bench.py --kernels``).  bfloat16's rounding is integer work that slowed the
+    sweep as much as it saved (0.92-1.06x), so bfloat16 gx, and any gx with a residual's
+    gradient (added in float32 before the one rounding, as the upcast computation does),
+    go through a float32 row."""
     rows, cols = xu.shape
     has_gres = gresu.shape[0] != 0
     n = dw_part.shape[1]
     inv_c = 1.0 / cols
     xf = np.empty(cols, np.float32)
     gf = np.empty(cols, np.float32)
-    gxf = np.empty(cols, np.float32)
+    via_f32 = has_gres or fmt != FLOAT16
+    gxf = np.empty(cols if via_f32 else 0, np.float32)
     rf = np.empty(cols if has_gres else 0, np.float32)
     acc_w = np.zeros(n, np.float32)
     acc_b = np.zeros(n, np.float32)
@@ -338,11 +347,14 @@ def _backward_half_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, 
     for i in range(start, stop):
         widen(xu[i], xf, fmt)
         widen(gyu[i], gf, fmt)
-        _backward_row(xf, gf, gxf, mean, rstd, i, w, centered, inv_c, acc_w, acc_b)
-        if has_gres:
-            widen(gresu[i], rf, fmt)
-            add_into(gxf, rf)
-        narrow(gxf, gxu[i], fmt)
+        if via_f32:
+            _backward_row(xf, gf, gxf, mean, rstd, i, w, centered, inv_c, acc_w, acc_b, fmt)
+            if has_gres:
+                widen(gresu[i], rf, fmt)
+                add_into(gxf, rf)
+            narrow(gxf, gxu[i], fmt)
+        else:
+            _backward_row(xf, gf, gxu[i], mean, rstd, i, w, centered, inv_c, acc_w, acc_b, fmt)  # rounded as written
         if n != 0 and ((i - start + 1) % FLUSH_ROWS == 0 or i == stop - 1):
             flush(acc_w, dw_part[c])
             flush(acc_b, db_part[c])
@@ -474,7 +486,7 @@ def _backward_cols(gy, x, mean, rstd, w, centered, gres, gx, dw, db):
             m = cast(mean[i]) if centered else cast(0.0)
             backward_sweep(
                 x[i, lo:hi], gy[i, lo:hi], gx[i, lo:hi], m, cast(coef[i, 0]), cast(rstd[i]),
-                cast(coef[i, 1]), cast(coef[i, 2]), w[lo:hi], acc_w, acc_b,
+                cast(coef[i, 1]), cast(coef[i, 2]), w[lo:hi], acc_w, acc_b, 0,
             )
             if has_gres:
                 add_into(gx[i, lo:hi], gres[i, lo:hi])
