@@ -77,7 +77,7 @@ def _unowned_entry(kernel, fn, suffix):
     640x20 to 4096x1024, one thread, ``python tools/kernel_ab.py --only unowned``).  The
     source is generated because the argument list is each kernel's own."""
     names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
-    source = f"def entry({', '.join(names)}):\n    kernel({', '.join(f'unowned({n})' for n in names)})\n"
+    source = f"def entry({', '.join(names)}):\n    return kernel({', '.join(f'unowned({n})' for n in names)})\n"
     namespace = {"kernel": kernel, "unowned": unowned}
     exec(compile(source, fn.__code__.co_filename, "exec"), namespace)  # noqa: S102 - built from fn's names
     entry = namespace["entry"]
