@@ -92,10 +92,11 @@ def test_partials_are_summed_in_chunk_order(rng):
     """grad_weight/grad_bias are the chunk partials added in chunk order, from 0.0, per column:
     the order that makes them the same for any thread count (magnitudes spread so that
     another order gives other bits)."""
-    from fastln.cpu._rows import reduce_partials
+    from fastln.cpu._rows import REDUCE_COLUMNS, reduce_partials
 
-    parts = rng.standard_normal((2, 14, 300)) * 10.0 ** rng.integers(-8, 9, (2, 14, 300))
-    dw, db = np.empty(300), np.empty(300)  # float64 (a float64 backward's): every bit of the sums shows
+    n = 2 * REDUCE_COLUMNS + 300  # two whole blocks of columns and a part
+    parts = rng.standard_normal((2, 14, n)) * 10.0 ** rng.integers(-8, 9, (2, 14, n))
+    dw, db = np.empty(n), np.empty(n)  # float64 (a float64 backward's): every bit of the sums shows
     reduce_partials(parts[0], parts[1], dw, db)
     for got, part in ((dw, parts[0]), (db, parts[1])):
         want = []

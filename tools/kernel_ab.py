@@ -19,8 +19,9 @@ so the comparison survives a noisy machine better than two separate runs).
   (``aten.native_layer_norm_backward``, 2 threads), all allocating their outputs.
 - **short rows**: the same backward on rows of at most ``BLOCK`` elements, in their own row
   loop (``kernels._backward_short_row``) against the general loop, and torch's kernel.
-- **reduce**: the same backward (parallel kernel, 2 threads, and serial, 1 thread), the chunk
-  partials summed chunk by chunk (``_rows.reduce_partials``) against column by column.
+- **reduce**: the chunk partials summed into grad_weight/grad_bias by blocks of columns,
+  chunk by chunk (``_rows.reduce_partials``) against column by column: the reduction alone,
+  then in the backward (parallel kernel, 2 threads, and serial, 1 thread).
 
 - **unowned**: the serial forward and backward kernels (1 thread, torch too) entered on
   views without reference counts (``_jit.twins``' entry, what they run now) against their
@@ -36,6 +37,7 @@ so the comparison survives a noisy machine better than two separate runs).
 import argparse
 import sys
 import types
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -214,7 +216,25 @@ def _short(rounds):
 def _reduce(rounds):
     import torch
 
-    shapes = [(512, 768), (4096, 1024), (128, 4096), (8192, 256)]
+    from fastln.cpu._rows import reduce_partials
+
+    by_column = _recompile(_reduce_by_column, {})
+    print("\nreduce: the chunk partials alone summed into grad_weight/grad_bias (float64 partials, float32 out); time")
+    print("| chunks x columns | by column | by blocks of columns, chunk by chunk | speed-up [min-max] |")
+    print("|---|---|---|---|")
+    for chunks, cols in [(14, 768), (16, 1024), (16, 4096), (4, 65536), (1, 512)]:
+        part = np.random.default_rng(0).standard_normal((2, chunks, cols))
+        out = np.empty((2, 2, cols), np.float32)
+        fns = {"old": partial(by_column, part[0], part[1], out[0, 0], out[0, 1]),
+               "new": partial(reduce_partials, part[0], part[1], out[1, 0], out[1, 1])}
+        for f in fns.values():
+            f()
+        assert np.array_equal(out[0], out[1]), "not the same bits"
+        kept = bench.kept_samples(fns, rounds)[0]
+        up = kept["old"] / kept["new"]
+        print(f"| {chunks}x{cols} | {np.median(kept['old']) * 1e6:.1f} us | {np.median(kept['new']) * 1e6:.1f} us | "
+              f"{np.median(up):.2f}x [{up.min():.2f}-{up.max():.2f}] |", flush=True)
+    shapes = [(512, 768), (4096, 1024), (128, 4096), (8192, 256), (64, 65536)]
     for serial, threads in ((False, numba.get_num_threads()), (True, 1)):
         torch.set_num_threads(threads)
         numba.set_num_threads(threads)
