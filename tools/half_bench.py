@@ -83,27 +83,19 @@ def _old_forward_half(xu, w, b, eps, centered, yu, mean, rstd, fmt):
             rstd[i] = r
 
 
-def _old_backward_half(gyu, xu, mean, rstd, w, centered, gxu, dw_part, db_part, dw, db, rows_per_chunk, fmt):
-    """The backward half kernel before grad_x's rounding moved into the sweep (no residual)."""
-    rows, cols = xu.shape
-    n = dw_part.shape[1]
-    for c in numba.prange(dw_part.shape[0]):
-        xf = np.empty(cols, np.float32)
-        gf = np.empty(cols, np.float32)
-        gxf = np.empty(cols, np.float32)
-        acc_w = np.zeros(n, np.float32)
-        acc_b = np.zeros(n, np.float32)
-        start = c * rows_per_chunk
-        stop = min(start + rows_per_chunk, rows)
-        for i in range(start, stop):
-            widen(xu[i], xf, fmt)
-            widen(gyu[i], gf, fmt)
-            K._backward_row(xf, gf, gxf, mean, rstd, i, w, centered, 1.0 / cols, acc_w, acc_b, 0)
-            narrow(gxf, gxu[i], fmt)
-            if n != 0 and ((i - start + 1) % K.FLUSH_ROWS == 0 or i == stop - 1):
-                K.flush(acc_w, dw_part[c])
-                K.flush(acc_b, db_part[c])
-    K.reduce_partials(dw_part, db_part, dw, db)
+def _old_backward_half():
+    """The parallel backward half kernel as it was before grad_x's rounding moved into the
+    sweep: today's source recompiled with every format taking the float32 row and its
+    rounding pass (``FLOAT16`` swapped for a format that does not exist)."""
+    import types
+
+    def clone(fn, g):
+        return types.FunctionType(fn.__code__, g, "old" + fn.__name__)
+
+    flags = dict(nogil=True, error_model="numpy", fastmath={"contract"})
+    g = dict(K.__dict__, FLOAT16=-1)
+    g["_backward_half_chunk"] = numba.njit(inline="always", **flags)(clone(K._backward_half_chunk.py_func, g))
+    return numba.njit(parallel=True, **flags)(clone(K._backward_half, g))
 
 
 def kernels(rounds):
@@ -119,7 +111,7 @@ def _bits(rng, shape, offset=0.0):
 def _backward_kernels(rounds):
     from fastln import _api
 
-    old = _jit.parallel(_old_backward_half)
+    old = _old_backward_half()
     print("\nbackward, grad_x rounded after or in the sweep (weight, parameter gradients); bfloat16 grad_x is "
           "rounded after in both (the kernel keeps that path for it), so its rows show the noise")
     print("| shape | dtype | rounded after | rounded in the sweep | speed-up [IQR] |\n|---|---|---|---|---|")
@@ -138,10 +130,8 @@ def _backward_kernels(rounds):
             def run(kind, fmt=fmt, mean=mean, rstd=rstd, xu=xu, gyu=gyu, w=w, none=none, per_chunk=per_chunk, outs=outs):
                 gx, part, p = outs[kind]
                 part[:] = 0
-                if kind == "old":
-                    old(gyu, xu, mean, rstd, w, True, gx, part[0], part[1], p[0], p[1], per_chunk, fmt)
-                else:
-                    K.backward_half_parallel(gyu, xu, mean, rstd, w, True, none, gx, part[0], part[1], p[0], p[1], per_chunk, fmt)
+                kernel = old if kind == "old" else K.backward_half_parallel
+                kernel(gyu, xu, mean, rstd, w, True, none, gx, part[0], part[1], p[0], p[1], per_chunk, fmt)
 
             fns = {k: partial(run, k) for k in ("old", "new")}
             for f in fns.values():
