@@ -206,3 +206,50 @@ def test_rows_swept_in_pairs_give_each_rows_gradient_as_alone(rng, dtype, rows):
         _api.run_backward_half(gb16, xb, mf, rf, w, True, np.empty((0, cols), np.uint16), *got, _half.BFLOAT16)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[2], want[2])
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (70, 2111), (5, 3)])
+def test_partials_are_written_not_read(rng, shape):
+    """The per-chunk float64 partials need no zeroing: each chunk's first flush stores.
+    Garbage in them (NaN, huge values) must give the bits that zeroed partials give, for
+    the row kernels (serial, parallel, the torch glue's chunk kernel, half) alike, and with
+    gradients of -0.0 (which a store would keep as -0.0, and an add into 0.0 makes +0.0)."""
+    from fastln import _api, cpu
+    from fastln.cpu import _half, kernels
+
+    rows, cols = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    g[:, 0] = -0.0  # grad_bias's first column sums only negative zeros
+    w = rng.standard_normal(cols).astype(np.float32)
+    _, mean, rstd = fastln.layer_norm_forward(x, None, w)
+    n_chunks, per_chunk = _api.chunking(rows, cols)
+
+    def run(kernel, fill, *extra, data=(g, x), out_dtype=np.float32):
+        gx, dw, db = np.empty(shape, out_dtype), np.empty_like(w), np.empty_like(w)
+        part = np.full((2, n_chunks, cols), fill)
+        kernel(*data, mean, rstd, w, True, np.empty((0, cols), data[0].dtype), gx, part[0], part[1], dw, db, per_chunk, *extra)
+        return gx, dw, db
+
+    def chunks(*args):  # the glue's chunk kernel, then the reduction, as the glue runs them
+        *head, dw, db, per = args
+        kernels.backward_chunks(*head, per, 0, n_chunks)
+        from fastln.cpu._rows import reduce_partials
+
+        reduce_partials(head[8], head[9], dw, db)
+
+    xb, gb = ((a.view(np.uint32) >> 16).astype(np.uint16) for a in (x, g))
+    cases = {
+        "serial": (cpu.backward_serial, ()),
+        "parallel": (cpu.backward_parallel, ()),
+        "chunks": (chunks, ()),
+        "half": (cpu.backward_half_serial, (_half.BFLOAT16,), (gb, xb), np.uint16),
+        "half parallel": (cpu.backward_half_parallel, (_half.BFLOAT16,), (gb, xb), np.uint16),
+    }
+    for name, (kernel, extra, *data) in cases.items():
+        kw = {"data": data[0], "out_dtype": data[1]} if data else {}
+        want = run(kernel, 0.0, *extra, **kw)
+        for fill in (np.nan, -1e300):
+            for a, b in zip(want, run(kernel, fill, *extra, **kw), strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"{name}, partials filled with {fill}")
+        assert np.signbit(want[2][0]) == np.signbit(np.float32(0.0) + np.float32(-0.0)), name
