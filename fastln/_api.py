@@ -200,8 +200,9 @@ class _Plan(NamedTuple):
     stat: np.dtype  # mean/rstd
     rows2: tuple  # (rows, cols)
     flat: bool  # x is already (rows, cols): no reshapes
-    forward: tuple  # (serial kernel, parallel kernel, serial only)
-    backward: tuple  # (serial kernel, parallel kernel, serial only, n_chunks, rows_per_chunk)
+    work: int  # elements plus ROW_COST per row, held against SERIAL_BELOW at each call
+    forward: tuple  # (serial kernel, parallel kernel, one task)
+    backward: tuple  # (serial kernel, parallel kernel, one task, n_chunks, rows_per_chunk)
     default_eps: float  # what eps=None means (RMSNorm)
 
 
@@ -227,21 +228,20 @@ def _make_plan(key, lay: _checks.Layout, dtype: np.dtype) -> None:
     if key is None or lay.rows == 0 or dtype not in _checks.NATIVE_DTYPES:
         return
     rows, cols = lay.rows, lay.cols
-    small = rows * cols + _config.ROW_COST * rows < _config.SERIAL_BELOW
     if use_column_kernels(rows, cols):
-        forward = (cpu.forward_cols_serial, cpu.forward_cols_parallel, small)
+        forward = (cpu.forward_cols_serial, cpu.forward_cols_parallel, False)
     else:
-        forward = (cpu.forward_serial, cpu.forward_parallel, rows == 1 or small)
+        forward = (cpu.forward_serial, cpu.forward_parallel, rows == 1)
     if use_column_kernels(rows, cols, backward=True):
-        backward = (cpu.backward_cols_serial, cpu.backward_cols_parallel, small, 0, 0)
+        backward = (cpu.backward_cols_serial, cpu.backward_cols_parallel, False, 0, 0)
     else:
         n_chunks, rows_per_chunk = chunking(rows, cols)
-        backward = (cpu.backward_serial, cpu.backward_parallel, n_chunks == 1 or small, n_chunks, rows_per_chunk)
+        backward = (cpu.backward_serial, cpu.backward_parallel, n_chunks == 1, n_chunks, rows_per_chunk)
     if len(_PLANS) > 1024:
         _PLANS.clear()
     _PLANS[key] = _Plan(
         lay, dtype, _checks.stats_dtype(dtype), (rows, cols), key[1] == (rows, cols),
-        forward, backward, _checks.default_eps(dtype),
+        rows * cols + _config.ROW_COST * rows, forward, backward, _checks.default_eps(dtype),
     )
 
 
@@ -251,9 +251,10 @@ def _plain(a, dtype: np.dtype, shape: tuple) -> bool:
     return type(a) is np.ndarray and a.dtype is dtype and a.shape == shape and a.flags.num & _C_WRITEABLE == _C_WRITEABLE
 
 
-def _run(kernels, *args) -> None:
-    """A plan's kernel pair: serial when the plan says so (or no parallel launch can work)."""
-    if kernels[2] or not _threading.parallel_ok():
+def _run(kernels, work, *args) -> None:
+    """A plan's kernel pair, by :func:`_launch`'s rule (``SERIAL_BELOW`` read at each call,
+    as there: tests change it)."""
+    if kernels[2] or work < _config.SERIAL_BELOW or not _threading.parallel_ok():
         kernels[0](*args)
     else:
         with _threading.parallel_guard():
@@ -295,7 +296,7 @@ def _forward_planned(norm, x, residual, normalized_shape, weight, bias, eps):
     w = _checks.EMPTY[dt] if weight is None else weight if weight.ndim == 1 else weight.reshape(lay.cols)
     b = _checks.EMPTY[dt] if bias is None else bias if bias.ndim == 1 else bias.reshape(lay.cols)
     _run(
-        plan.forward, x2, res2, w, b, eps, norm.centered, y if flat else y.reshape(plan.rows2), h2,
+        plan.forward, plan.work, x2, res2, w, b, eps, norm.centered, y if flat else y.reshape(plan.rows2), h2,
         mean if flat or not norm.centered else mean.reshape(lay.rows), rstd if flat else rstd.reshape(lay.rows),
     )
     return y, None if residual is None else h, mean if norm.centered else None, rstd
@@ -335,11 +336,11 @@ def _backward_planned(norm, grad_y, x, mean, rstd, weight, normalized_shape):
     )
     n_chunks, rows_per_chunk = plan.backward[3:]
     if n_chunks == 0:  # column kernels: no partials
-        _run(plan.backward, *args)
+        _run(plan.backward, plan.work, *args)
     else:
         dw_part = np.empty((n_chunks, cols))
         db_part = np.empty((n_chunks, cols))
-        _run(plan.backward, *args[:8], dw_part, db_part, dw, db, rows_per_chunk)
+        _run(plan.backward, plan.work, *args[:8], dw_part, db_part, dw, db, rows_per_chunk)
     if len(lay.norm_shape) > 1:
         dw = dw.reshape(lay.norm_shape)
         db = db.reshape(lay.norm_shape)

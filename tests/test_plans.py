@@ -193,3 +193,22 @@ def test_plan_cache_stays_bounded(fresh_plans):
     for n in range(1, 1100):
         fastln.layer_norm(np.ones((n, 2), np.float32))
     assert 0 < len(fresh_plans) <= 1025
+
+
+def test_plans_read_serial_below_at_each_call(fresh_plans, monkeypatch):
+    """A plan keeps the shape's kernels and chunks, but the serial/parallel choice follows
+    ``_config.SERIAL_BELOW`` at each call, as the general path's does (tests change it)."""
+    from fastln import _config, _threading
+
+    x, r, w, b, gy, mean, rstd = _plan_for((2000, 100))
+    assert fresh_plans
+
+    def no_parallel_launch():
+        raise AssertionError("a parallel launch")
+
+    monkeypatch.setattr(_threading, "parallel_guard", no_parallel_launch)
+    with pytest.raises(AssertionError, match="parallel launch"):
+        fastln.layer_norm(x, None, w, b)
+    monkeypatch.setattr(_config, "SERIAL_BELOW", 1 << 62)
+    fastln.layer_norm(x, None, w, b)
+    fastln.layer_norm_backward(gy, x, mean, rstd, w)
