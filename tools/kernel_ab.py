@@ -27,15 +27,11 @@ so the comparison survives a noisy machine better than two separate runs).
   views without reference counts (``_jit.twins``' entry, what they run now) against their
   bodies called with the NumPy arrays themselves (the views' references counted atomically).
 
-- **partials**: the parallel backward with per-chunk float64 partials that each chunk's first
-  flush writes (``_rows.flush(..., first)``; allocated with ``np.empty``) against partials
-  zeroed by the caller and always added into (``np.zeros``), and torch's kernel.
-
 - **flush**: the parallel backward with grad_weight/grad_bias gathered over 16, 32 and 64
   rows in float32 before each float64 flush (``_config.FLUSH_ROWS``), times and the largest
   error against the float64 reference, relative to the largest gradient.
 
-``--only stats,stream,wide,pairs,backward,short,reduce,unowned,partials,flush`` picks sections.
+``--only stats,stream,wide,pairs,backward,short,reduce,unowned,flush`` picks sections.
 """
 
 import argparse
@@ -112,11 +108,11 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,partials,flush")
+    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,flush")
     p.add_argument("--pair-bytes", type=int, default=K.PAIR_FORWARD_ROW_BYTES)
     a = p.parse_args()
     only = set(a.only.split(","))
-    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "partials", "flush"):
+    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "flush"):
         if section in only:
             if section == "pairs":
                 _pairs(a.rounds, a.pair_bytes)
@@ -181,23 +177,13 @@ def _reduce_by_column(dw_part, db_part, dw, db):
         db[j] = sb
 
 
-def _flush_into_zeroed(acc, part, first):
-    """``_rows.flush`` before: every flush added into partials the caller had zeroed."""
-    for j in range(acc.shape[0]):
-        part[j] += acc[j]
-        acc[j] = 0
-
-
-def _backward_variant(paired, short_loop=True, serial=False, by_column=False, zeroed=False):
+def _backward_variant(paired, short_loop=True, serial=False, by_column=False):
     """The row backward kernel with rows swept in pairs or one at a time; with
     ``short_loop=False`` short rows take the general row loop too; ``serial``: the serial
     twin (what the torch bridge's glue runs, a chunk per task of torch's pool);
-    ``by_column``: the partials reduced a column at a time (the old reduction);
-    ``zeroed``: partials always added into (the caller zeroes them; the old flush)."""
+    ``by_column``: the partials reduced a column at a time (the old reduction)."""
     g = dict(K.__dict__)
     g["PAIRED_BACKWARD"] = paired
-    if zeroed:
-        g["flush"] = _recompile(_flush_into_zeroed, g, inline="always")
     if by_column:
         g["reduce_partials"] = _recompile(_reduce_by_column, g)
     g["_backward_chunk"] = _recompile(K._backward_chunk, g, inline="always")
@@ -225,16 +211,6 @@ def _short(rounds):
                     "(1 thread, torch too); time", ("general loop", "short-row loop"),
                     _backward_variant(True, short_loop=False, serial=True), _backward_variant(True, serial=True),
                     [(640, 20), (4096, 20), (200, 64), (512, 128), (64, 512), (512, 512)], rounds, torch)
-
-
-def _partials(rounds):
-    import torch
-
-    torch.set_num_threads(numba.get_num_threads())
-    _backward_table("partials: backward LayerNorm float32 with weight, bias and their gradients, parallel kernel; time",
-                    ("zeroed, added into", "written first"), (_backward_variant(True, zeroed=True), np.zeros),
-                    (_backward_variant(True), np.empty),
-                    [(512, 768), (4096, 1024), (128, 4096), (64, 65536), (256, 32768)], rounds, torch)
 
 
 def _reduce(rounds):
@@ -384,11 +360,10 @@ def _backward_case(shape, variants, rounds, torch):
     _, mean, rstd = fastln.layer_norm_forward(x, None, w, b)
     n_chunks, per_chunk = _api.chunking(rows, cols)
 
-    def run(variant):  # a kernel, or (kernel, how its partials are allocated)
-        kernel, alloc = variant if isinstance(variant, tuple) else (variant, np.zeros)
+    def run(kernel):
         gx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(w)
-        dw_part, db_part = alloc((n_chunks, cols)), alloc((n_chunks, cols))
-        kernel(gy, x, mean, rstd, w, True, none, gx, dw_part, db_part, dw, db, per_chunk)
+        part = np.zeros((2, n_chunks, cols))
+        kernel(gy, x, mean, rstd, w, True, none, gx, part[0], part[1], dw, db, per_chunk)
         return gx, dw, db
 
     outs = {k: run(v) for k, v in variants.items()}  # compile; and the same bits both ways

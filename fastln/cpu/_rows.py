@@ -186,20 +186,11 @@ def add_into(gxr, gres_r):
 
 
 @_jit.inline
-def flush(acc, part, first):
-    """``part += acc`` (float64 partials), then ``acc = 0``; a chunk's ``first`` flush
-    writes ``part = 0.0 + acc`` instead, so callers allocate the partials without zeroing
-    them.  (``0.0 + a`` is ``a``'s bits except for ``-0.0``, which becomes ``+0.0`` as it did
-    when added into a zeroed buffer: the same results.)  Zeroing cost the 64x65536 float32
-    backward 4 MiB of memset (100 us of 2.6 ms) and its first flush a read of them."""
-    if first:
-        for j in range(acc.shape[0]):
-            part[j] = 0.0 + acc[j]
-            acc[j] = 0
-    else:
-        for j in range(acc.shape[0]):
-            part[j] += acc[j]
-            acc[j] = 0
+def flush(acc, part):
+    """``part += acc`` (float64 partials), then ``acc = 0``."""
+    for j in range(acc.shape[0]):
+        part[j] += acc[j]
+        acc[j] = 0
 
 
 #: Columns of grad_weight/grad_bias summed per pass of :func:`reduce_partials` (its float64

@@ -117,8 +117,8 @@ def _backward_arrays(data, stat, gy_at, x_at, mean_at, rstd_at, w_at, gres_at, g
         _vector(w_at, data, n_w),
         _matrix(gres_at, data, rows if has_gres else 0, cols),
         _matrix(gx_at, data, rows, cols),
-        np.empty((n_chunks, n_params)),  # float64 per-chunk partials (the kernel writes them)
-        np.empty((n_chunks, n_params)),
+        np.zeros((n_chunks, n_params)),  # float64 per-chunk partials
+        np.zeros((n_chunks, n_params)),
         _vector(dw_at, data, n_params),
         _vector(db_at, data, n_params),
     )
@@ -150,7 +150,7 @@ def backward_chunks(data, stat, gy_at, x_at, mean_at, rstd_at, w_at, gres_at, gx
                     rows, cols, n_mean, n_w, has_gres, n_params, n_chunks, rows_per_chunk, first, stop, centered):
     """:func:`.kernels.backward_chunks` on buffers given by address: chunks ``first`` to
     ``stop - 1`` write their rows of grad_x and their rows of the float64 ``(n_chunks,
-    n_params)`` partials at ``dwp_at``/``dbp_at`` (written, not read)."""
+    n_params)`` partials at ``dwp_at``/``dbp_at`` (zeroed by the caller)."""
     part = np.empty(0, np.float64)
     kernels.backward_chunks(
         _matrix(gy_at, data, rows, cols), _matrix(x_at, data, rows, cols), _vector(mean_at, stat, n_mean),

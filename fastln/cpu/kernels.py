@@ -12,8 +12,7 @@ Arguments (all C-contiguous; a length-0 first dimension means "absent")::
     w, b           (cols,) or (0,): weight, bias, in the data's dtype
     mean           (rows,) or (0,) (RMSNorm keeps none); float32 for float32 data
     rstd           (rows,)
-    dw_part, db_part  (n_chunks, cols) float64, or (n_chunks, 0) for no parameter grads:
-                   written by the kernel (each chunk's first flush stores), never read first
+    dw_part, db_part  (n_chunks, cols) float64 zeroed, or (n_chunks, 0) for no parameter grads
     dw, db         (cols,) or (0,): parameter gradients, in the data's dtype
 
 Row kernels give each row (forward) or fixed chunk of rows (backward) to one task.  Column
@@ -226,11 +225,8 @@ def _backward_chunk(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, 
                 add_into(gx[k], gres[k])
         i += done
         if n != 0 and ((i - start) % FLUSH_ROWS == 0 or i == stop):
-            flush(acc_w, dw_part[chunk], i - start <= FLUSH_ROWS)
-            flush(acc_b, db_part[chunk], i - start <= FLUSH_ROWS)
-    if n != 0 and stop <= start:  # a chunk without rows (no caller makes one) still has its partials
-        dw_part[chunk, :] = 0.0
-        db_part[chunk, :] = 0.0
+            flush(acc_w, dw_part[chunk])
+            flush(acc_b, db_part[chunk])
 
 
 @_jit.inline
@@ -255,11 +251,8 @@ def _backward_chunk_short_rows(gy, x, mean, rstd, w, centered, gres, gx, dw_part
         if gres.shape[0] != 0:
             add_into(gx[i], gres[i])
         if n != 0 and ((i + 1 - start) % FLUSH_ROWS == 0 or i + 1 == stop):
-            flush(acc_w, dw_part[chunk], i + 1 - start <= FLUSH_ROWS)
-            flush(acc_b, db_part[chunk], i + 1 - start <= FLUSH_ROWS)
-    if n != 0 and stop <= start:
-        dw_part[chunk, :] = 0.0
-        db_part[chunk, :] = 0.0
+            flush(acc_w, dw_part[chunk])
+            flush(acc_b, db_part[chunk])
 
 
 # ---------------------------------------------------------------------------------------
@@ -363,11 +356,8 @@ def _backward_half_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, 
         else:
             _backward_row(xf, gf, gxu[i], mean, rstd, i, w, centered, inv_c, acc_w, acc_b, fmt)  # rounded as written
         if n != 0 and ((i - start + 1) % FLUSH_ROWS == 0 or i == stop - 1):
-            flush(acc_w, dw_part[c], i - start + 1 <= FLUSH_ROWS)
-            flush(acc_b, db_part[c], i - start + 1 <= FLUSH_ROWS)
-    if n != 0 and stop <= start:
-        dw_part[c, :] = 0.0
-        db_part[c, :] = 0.0
+            flush(acc_w, dw_part[c])
+            flush(acc_b, db_part[c])
 
 
 def _backward_half(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, dw, db, rows_per_chunk, fmt):
@@ -385,7 +375,7 @@ def _backward_half(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_par
 @_jit.sweep
 def backward_half_chunks(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, rows_per_chunk, first, stop, fmt):
     """Chunks ``first..stop-1`` of :func:`_backward_half`, one after another, into the
-    caller's float64 partials (written, not read), as :func:`backward_chunks` for the float kernels."""
+    caller's float64 partials (zeroed), as :func:`backward_chunks` for the float kernels."""
     for c in range(first, stop):
         _backward_half_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, c, rows_per_chunk, fmt)
 
@@ -490,8 +480,8 @@ def _backward_cols(gy, x, mean, rstd, w, centered, gres, gx, dw, db):
         n = hi - lo if params else 0
         acc_w = np.zeros(n, x.dtype)
         acc_b = np.zeros(n, x.dtype)
-        sum_w = np.empty(n)
-        sum_b = np.empty(n)
+        sum_w = np.zeros(n)
+        sum_b = np.zeros(n)
         for i in range(rows):
             m = cast(mean[i]) if centered else cast(0.0)
             backward_sweep(
@@ -501,8 +491,8 @@ def _backward_cols(gy, x, mean, rstd, w, centered, gres, gx, dw, db):
             if has_gres:
                 add_into(gx[i, lo:hi], gres[i, lo:hi])
             if params and ((i + 1) % FLUSH_ROWS == 0 or i == rows - 1):
-                flush(acc_w, sum_w, i < FLUSH_ROWS)
-                flush(acc_b, sum_b, i < FLUSH_ROWS)
+                flush(acc_w, sum_w)
+                flush(acc_b, sum_b)
         for j in range(n):
             dw[lo + j] = sum_w[j]
             db[lo + j] = sum_b[j]
@@ -511,7 +501,7 @@ def _backward_cols(gy, x, mean, rstd, w, centered, gres, gx, dw, db):
 @_jit.sweep
 def backward_chunks(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part, rows_per_chunk, first, stop):
     """Chunks ``first..stop-1`` of :func:`_backward_rows`, one after another, into the
-    caller's float64 partials (written, not read): for callers that run the chunks on threads of their
+    caller's float64 partials (zeroed): for callers that run the chunks on threads of their
     own (the torch bridge's glue runs them on torch's pool) and then reduce the partials in
     chunk order with :func:`._rows.reduce_partials`.  Each chunk's work is the parallel
     kernel's, so the results are bitwise the same."""

@@ -162,8 +162,7 @@ struct Forward {
   Tensor y, h, mean, rstd;
 };
 
-// A backward's fastln._api chunks (by shape) with their float64 partials (not zeroed: each
-// chunk's first flush stores), one row of
+// A backward's fastln._api chunks (by shape) with their zeroed float64 partials, one row of
 // `n` per chunk for grad_weight and for grad_bias (addresses 0 when n is 0), and how to run
 // them: `chunks_from(first, stop)` on torch's pool, a chunk per task, or serially.  The
 // partials are then summed in chunk order: the parallel kernel's bits for any thread count.
@@ -174,6 +173,7 @@ struct Partials {
     std::tie(n_chunks, rows_per_chunk) = chunking(rows, cols);
     parts = empty({2, n_chunks, n}, at::kDouble);
     if (n) {
+      std::memset(parts.data_ptr(), 0, parts.numel() * sizeof(double));
       dwp = addr(parts);
       dbp = dwp + n_chunks * n * 8;
     }
