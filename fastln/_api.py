@@ -260,10 +260,11 @@ def _run(kernels, work, *args) -> None:
             kernels[1](*args)
 
 
-def _forward_planned(norm, x, residual, normalized_shape, weight, bias, eps):
+def _forward_planned(norm, x, residual, normalized_shape, weight, bias, eps, out=None):
     """:func:`_forward` of a call whose arrays are all plain (:func:`_plain`) and whose plan
     is known, bitwise the same (the same kernels on the same arrays); None otherwise, and
-    the general path decides (and raises)."""
+    the general path decides (and raises).  ``out`` is taken when it is plain and either
+    ``x`` itself or apart from ``x``, ``weight`` and ``bias``."""
     key = _plan_key(norm.centered, x.shape, normalized_shape, x.dtype)
     plan = None if key is None else _PLANS.get(key)
     if plan is None:
@@ -277,13 +278,23 @@ def _forward_planned(norm, x, residual, normalized_shape, weight, bias, eps):
         and (residual is None or _plain(residual, dt, x.shape))
     ):
         return None
+    if out is not None and not (
+        residual is None
+        and _plain(out, dt, x.shape)
+        and (out is x or not (
+            np.may_share_memory(out, x)
+            or (weight is not None and np.may_share_memory(out, weight))
+            or (bias is not None and np.may_share_memory(out, bias))
+        ))
+    ):
+        return None
     if type(eps) is not float:
         if eps is not None or norm.centered:
             return None
         eps = plan.default_eps
     flat = plan.flat
     x2 = x if flat else x.reshape(plan.rows2)
-    y = np.empty(x.shape, dt)
+    y = np.empty(x.shape, dt) if out is None else out
     if residual is None:
         res2 = h2 = h = _no_rows(dt)
     else:
@@ -351,8 +362,8 @@ def _backward_planned(norm, grad_y, x, mean, rstd, weight, normalized_shape):
 # ---------------------------------------------------------------------------------------
 def _forward(norm, x, residual, normalized_shape, weight, bias, eps, out=None):
     """Validate, run and reshape: ``(y, residual_out or None, mean or None, rstd)``."""
-    if out is None and type(x) is np.ndarray:
-        done = _forward_planned(norm, x, residual, normalized_shape, weight, bias, eps)
+    if type(x) is np.ndarray:
+        done = _forward_planned(norm, x, residual, normalized_shape, weight, bias, eps, out)
         if done is not None:
             return done
     x = _checks.as_float_array(x, "x")

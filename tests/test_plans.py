@@ -212,3 +212,43 @@ def test_plans_read_serial_below_at_each_call(fresh_plans, monkeypatch):
     monkeypatch.setattr(_config, "SERIAL_BELOW", 1 << 62)
     fastln.layer_norm(x, None, w, b)
     fastln.layer_norm_backward(gy, x, mean, rstd, w)
+
+
+@pytest.mark.parametrize("shape,ns", [((2, 3), None), ((4, 5, 6), (5, 6)), ((513, 768), None)])
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
+def test_planned_out_is_written_as_the_general_path_writes_it(fresh_plans, checks_off, monkeypatch, shape, ns, norm):
+    x, r, w, b, gy = _data(shape, _k(ns), np.float32)
+    fn = getattr(fastln, norm)
+    args = (w, b) if norm == "layer_norm" else (w,)
+    want = fn(x, ns, *args)  # the general path, which makes the plan
+    buf = np.full_like(x, np.nan)
+    in_place = x.copy()
+    checks_off()
+    got = fn(x, ns, *args, out=buf)
+    assert got is buf
+    np.testing.assert_array_equal(buf, want)
+    assert fn(in_place, ns, *args, out=in_place) is in_place  # out=x: normalised in place
+    monkeypatch.undo()
+    np.testing.assert_array_equal(in_place, want)
+
+
+def test_a_plan_refuses_the_out_the_checks_refuse(fresh_plans):
+    x, r, w, b, gy, mean, rstd = _plan_for((6, 10))
+    fastln.layer_norm(x, None, w, b, out=np.empty_like(x))
+    big = np.zeros(70, np.float32)
+    overlapping = big[1:61].reshape(6, 10)
+    x_in_big = big[:60].reshape(6, 10)
+    x_in_big[...] = x
+    with pytest.raises(ValueError, match="overlaps x"):
+        fastln.layer_norm(x_in_big, None, w, b, out=overlapping)
+    w_buf = np.zeros((6, 10), np.float32)
+    with pytest.raises(ValueError, match="share memory"):
+        fastln.layer_norm(x, None, w_buf[0], b, out=w_buf)
+    with pytest.raises(ValueError, match="dtype"):
+        fastln.layer_norm(x, None, w, b, out=np.empty(x.shape, np.float64))
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        fastln.layer_norm(x, None, w, b, out=ro)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fastln.layer_norm(x, None, w, b, out=np.empty((10, 6), np.float32).T)
