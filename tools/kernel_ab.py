@@ -27,11 +27,17 @@ so the comparison survives a noisy machine better than two separate runs).
   views without reference counts (``_jit.twins``' entry, what they run now) against their
   bodies called with the NumPy arrays themselves (the views' references counted atomically).
 
+- **hot**: where the forward's time goes on rows already in the cache (16384 float32
+  elements, 64 KiB, called over and over, one thread): the statistics pass
+  (``layer_norm.row_moments_f32``; its float64 twin ``row_moments`` beside it), the output
+  sweep (``_rows.forward_sweep``, with and without weight and bias), the whole serial kernel
+  and ``np.copyto``, in ns per element (best of 7 repeats).
+
 - **flush**: the parallel backward with grad_weight/grad_bias gathered over 16, 32 and 64
   rows in float32 before each float64 flush (``_config.FLUSH_ROWS``), times and the largest
   error against the float64 reference, relative to the largest gradient.
 
-``--only stats,stream,wide,pairs,backward,short,reduce,unowned,flush`` picks sections.
+``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush`` picks sections.
 """
 
 import argparse
@@ -108,11 +114,11 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,flush")
+    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush")
     p.add_argument("--pair-bytes", type=int, default=K.PAIR_FORWARD_ROW_BYTES)
     a = p.parse_args()
     only = set(a.only.split(","))
-    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "flush"):
+    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "hot", "flush"):
         if section in only:
             if section == "pairs":
                 _pairs(a.rounds, a.pair_bytes)
@@ -211,6 +217,52 @@ def _short(rounds):
                     "(1 thread, torch too); time", ("general loop", "short-row loop"),
                     _backward_variant(True, short_loop=False, serial=True), _backward_variant(True, serial=True),
                     [(640, 20), (4096, 20), (200, 64), (512, 128), (64, 512), (512, 512)], rounds, torch)
+
+
+def _hot(rounds):
+    import timeit
+
+    from fastln import _api
+    from fastln.cpu import _rows
+
+    jit = partial(numba.njit, fastmath={"contract"}, error_model="numpy")
+
+    @jit
+    def stats_f32(x, out):
+        for i in range(x.shape[0]):
+            out[i] = ln.row_moments_f32(x[i])[3]
+
+    @jit
+    def stats_f64(x, out):
+        for i in range(x.shape[0]):
+            out[i] = ln.row_moments(x[i])[2]
+
+    @jit
+    def sweep(x, y, w, b):
+        for i in range(x.shape[0]):
+            _rows.forward_sweep(x[i], y[i], np.float32(0.1), np.float32(1e-3), np.float32(1.1), w, b, 0)
+
+    none = _api._no_rows(np.float32)
+    print("\nhot: forward float32 on rows in the cache (16384 elements, 1 thread), ns per element")
+    print("| cols | statistics (float32 lanes) | statistics (float64) | sweep | sweep, no affine | whole kernel | np.copyto |")
+    print("|---|---|---|---|---|---|---|")
+    def row(cols):
+        rows = 16384 // cols
+        x, w, b, _, _ = bench.make_inputs((rows, cols), "float32")
+        y, out = np.empty_like(x), np.empty(rows)
+        mean, rstd = np.empty(rows, np.float32), np.empty(rows, np.float32)
+        fns = [lambda: stats_f32(x, out), lambda: stats_f64(x, out), lambda: sweep(x, y, w, b),
+               lambda: sweep(x, y, w[:0], b[:0]), lambda: K.forward_serial(x, none, w, b, 1e-5, True, y, none, mean, rstd),
+               lambda: np.copyto(y, x)]
+        cells = []
+        for fn in fns:
+            fn()
+            cells.append(min(timeit.repeat(fn, number=2000, repeat=7)) / 2000 / x.size * 1e9)
+        print(f"| {cols} | " + " | ".join(f"{c:.3f}" for c in cells) + " |", flush=True)
+
+    numba.set_num_threads(1)
+    for cols in (256, 1024, 4096):
+        row(cols)
 
 
 def _reduce(rounds):
