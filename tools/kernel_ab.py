@@ -86,6 +86,9 @@ def _forward_variant(float32_stats=True, stream=None, pair_bytes=None):
         g["ln"] = fake
     if stream is not None:
         g["streaming"] = numba.njit(inline="always")(lambda out_bytes, row_bytes: stream)
+    # the statistics are a function of their own: recompiled here, or the fake ``ln`` above
+    # would not reach them
+    g["_row_statistics"] = _recompile(K._row_statistics, g, inline="always")
     g["_forward_row"] = _recompile(K._forward_row, g, inline="always")
     g["_forward_at"] = _recompile(K._forward_at, g, inline="always")
     return _recompile(K._forward_rows, g, parallel=True)
