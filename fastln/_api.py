@@ -250,6 +250,16 @@ def _plain(a, dtype: np.dtype, shape: tuple) -> bool:
     return type(a) is np.ndarray and a.dtype is dtype and a.shape == shape and a.flags.num & _C_WRITEABLE == _C_WRITEABLE
 
 
+def _known_plan(norm, x: np.ndarray, normalized_shape):
+    """The plan for ``x`` (an ndarray) when there is one and ``x`` is C-contiguous and
+    writeable, else None."""
+    key = _plan_key(norm.centered, x.shape, normalized_shape, x.dtype)
+    plan = None if key is None else _PLANS.get(key)
+    if plan is None or x.flags.num & _C_WRITEABLE != _C_WRITEABLE:
+        return None
+    return plan
+
+
 def _run(kernels, work, *args) -> None:
     """A plan's kernel pair, by :func:`_launch`'s rule (``SERIAL_BELOW`` read at each call,
     as there: tests change it)."""
@@ -265,15 +275,13 @@ def _forward_planned(norm, x, residual, normalized_shape, weight, bias, eps, out
     is known, bitwise the same (the same kernels on the same arrays); None otherwise, and
     the general path decides (and raises).  ``out`` is taken when it is plain and either
     ``x`` itself or apart from ``x``, ``weight`` and ``bias``."""
-    key = _plan_key(norm.centered, x.shape, normalized_shape, x.dtype)
-    plan = None if key is None else _PLANS.get(key)
+    plan = _known_plan(norm, x, normalized_shape)
     if plan is None:
         return None
     dt = plan.dtype
     lay = plan.lay
     if not (
-        x.flags.num & _C_WRITEABLE == _C_WRITEABLE
-        and (weight is None or _plain(weight, dt, lay.norm_shape))
+        (weight is None or _plain(weight, dt, lay.norm_shape))
         and (bias is None or _plain(bias, dt, lay.norm_shape))
         and (residual is None or _plain(residual, dt, x.shape))
     ):
@@ -317,16 +325,14 @@ def _backward_planned(norm, grad_y, x, mean, rstd, weight, normalized_shape):
     bitwise the same; None otherwise (the general path decides, and raises)."""
     if normalized_shape is None and type(weight) is np.ndarray:
         normalized_shape = weight.shape
-    key = _plan_key(norm.centered, x.shape, normalized_shape, x.dtype)
-    plan = None if key is None else _PLANS.get(key)
+    plan = _known_plan(norm, x, normalized_shape)
     if plan is None:
         return None
     dt = plan.dtype
     lay = plan.lay
     lead = lay.lead_shape
     if not (
-        x.flags.num & _C_WRITEABLE == _C_WRITEABLE
-        and _plain(grad_y, dt, x.shape)
+        _plain(grad_y, dt, x.shape)
         and (_plain(mean, plan.stat, lead) if norm.centered else True)
         and _plain(rstd, plan.stat, lead)
         and (weight is None or _plain(weight, dt, lay.norm_shape))
