@@ -5,6 +5,11 @@ Every front goes through the same steps, whatever the norm: route by where the d
 C-contiguous rows (``fastln._checks``), run the kernel (``run_forward``/``run_backward``),
 and view the results back in the caller's shape.  A norm is a :class:`Norm`: its name,
 whether it centres, whether it has a bias, and how ``eps=None`` resolves.
+
+Once a call has passed the checks, its decisions are kept as a plan per (norm, shape,
+``normalized_shape``, dtype): later calls whose arrays are plain (C-contiguous, writeable,
+of the plan's dtypes and shapes) go straight to the kernel, bitwise the same; every other
+call, and every error, takes the checks.
 """
 
 from __future__ import annotations
