@@ -203,7 +203,7 @@ class _Plan(NamedTuple):
     dtype: np.dtype  # the data's dtype, which the kernels run in
     stat: np.dtype  # mean/rstd
     rows2: tuple  # (rows, cols)
-    flat: bool  # x is already (rows, cols): no reshapes
+    flat: bool  # x is (rows, cols) and its statistics (rows,): no reshapes
     work: int  # elements plus ROW_COST per row, held against SERIAL_BELOW at each call
     forward: tuple  # (serial kernel, parallel kernel, one task)
     backward: tuple  # (serial kernel, parallel kernel, one task, n_chunks, rows_per_chunk)
@@ -244,7 +244,9 @@ def _make_plan(key, lay: _checks.Layout, dtype: np.dtype) -> None:
     if len(_PLANS) > 1024:
         _PLANS.clear()
     _PLANS[key] = _Plan(
-        lay, dtype, _checks.stats_dtype(dtype), (rows, cols), key[1] == (rows, cols),
+        # "flat": x is (rows, cols) and the statistics are (rows,), so nothing is reshaped;
+        # not so when normalized_shape spans both dims of a 2-D x (its statistics are 0-d)
+        lay, dtype, _checks.stats_dtype(dtype), (rows, cols), len(key[1]) == 2 and len(lay.norm_shape) == 1,
         rows * cols + _config.ROW_COST * rows, forward, backward, _checks.default_eps(dtype),
     )
 

@@ -19,6 +19,9 @@ SHAPES = [
     ((4, 5, 6), None),
     ((4, 5, 6), (5, 6)),
     ((3, 1), 1),
+    ((1, 5), (1, 5)),  # 2-D, normalised over both dims: 0-d statistics
+    ((3, 4), (3, 4)),
+    ((1, 0), (1, 0)),  # found by tests/test_fuzz.py: one row of nothing
     ((513, 768), (768,)),  # parallel kernels
     ((2, 65536), None),  # column kernels
 ]
