@@ -265,3 +265,67 @@ def test_a_plan_refuses_the_out_the_checks_refuse(fresh_plans):
         fastln.layer_norm(x, None, w, b, out=ro)
     with pytest.raises(ValueError, match="C-contiguous"):
         fastln.layer_norm(x, None, w, b, out=np.empty((10, 6), np.float32).T)
+
+
+def _outcomes(x, r, w, b, gy, ns, out):
+    """Every API call on these arrays: ``("ok", results)`` or ``("error", type, message)``."""
+    def run(fn):
+        try:
+            got = fn()
+            return ("ok", tuple(a.copy() if isinstance(a, np.ndarray) else a for a in got))
+        except Exception as exc:  # the same error must come both ways
+            return ("error", type(exc), str(exc))
+
+    seen = {
+        "layer_norm_forward": run(lambda: fastln.layer_norm_forward(x, ns, w, b)),
+        "layer_norm out": run(lambda: (fastln.layer_norm(x, ns, w, b, out=out),)),
+        "rms_norm_forward": run(lambda: fastln.rms_norm_forward(x, ns, w)),
+        "add_layer_norm": run(lambda: fastln.add_layer_norm(x, r, ns, w, b)),
+        "add_rms_norm": run(lambda: fastln.add_rms_norm(x, r, ns, w)),
+    }
+    if seen["layer_norm_forward"][0] == "ok":
+        _, mean, rstd = seen["layer_norm_forward"][1]
+        _, rstd_rms = seen["rms_norm_forward"][1]
+        seen["layer_norm_backward"] = run(lambda: fastln.layer_norm_backward(gy, x, mean, rstd, w, ns))
+        seen["layer_norm_backward, shape from w"] = run(lambda: fastln.layer_norm_backward(gy, x, mean, rstd, w))
+        seen["rms_norm_backward"] = run(lambda: fastln.rms_norm_backward(gy, x, rstd_rms, w, ns))
+    return seen
+
+
+def test_random_calls_give_the_general_paths_results(fresh_plans, monkeypatch):
+    """Random shapes (empty and size-1 dims included), normalized_shape forms, dtypes and
+    optional parameters: with plans, every public call returns the general path's bits or
+    raises its error."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        nd = int(rng.integers(1, 5))
+        shape = tuple(int(rng.choice([0, 1, 2, 3, 5, 17])) for _ in range(nd))
+        k = int(rng.integers(1, nd + 1))
+        norm_shape = shape[nd - k :]
+        forms = [None, norm_shape[0], norm_shape] if k == 1 else [norm_shape]
+        ns = forms[int(rng.integers(len(forms)))]
+        dtype = (np.float32, np.float64)[int(rng.integers(2))]
+        x, r, gy = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+        w = rng.standard_normal(norm_shape).astype(dtype) if rng.random() < 0.7 else None
+        b = rng.standard_normal(norm_shape).astype(dtype) if rng.random() < 0.7 else None
+        out = np.empty_like(x)
+        fresh_plans.clear()
+        with monkeypatch.context() as m:
+            m.setattr(_api, "_forward_planned", lambda *a: None)
+            m.setattr(_api, "_backward_planned", lambda *a: None)
+            general = _outcomes(x, r, w, b, gy, ns, out)
+        _outcomes(x, r, w, b, gy, ns, out)  # the plans
+        planned = _outcomes(x, r, w, b, gy, ns, out)
+        assert general.keys() == planned.keys()
+        for name, want in general.items():
+            got = planned[name]
+            assert got[0] == want[0], (name, shape, ns, got, want)
+            if want[0] == "error":
+                assert got[1:] == want[1:], (name, shape, ns)
+            else:
+                for a, c in zip(want[1], got[1], strict=True):
+                    if a is None or c is None:
+                        assert a is None and c is None, (name, shape, ns)
+                    else:
+                        assert a.shape == c.shape and a.dtype == c.dtype, (name, shape, ns)
+                        np.testing.assert_array_equal(a, c, err_msg=f"{name} {shape} {ns}")
