@@ -102,17 +102,20 @@ def use_column_kernels(rows: int, cols: int, backward: bool = False) -> bool:
     return rows < _config.MAX_CHUNKS or (backward and 32 * cols > _config.MAX_PARTIAL_BYTES)
 
 
+def _forward_kernels(rows: int, cols: int) -> tuple:
+    """``(serial, parallel, one_task)``: the forward kernels for a shape, for :func:`_launch`."""
+    if use_column_kernels(rows, cols):
+        return cpu.forward_cols_serial, cpu.forward_cols_parallel, False
+    return cpu.forward_serial, cpu.forward_parallel, rows == 1
+
+
 def run_forward(x2, res2, w, b, eps, centered, y, h, mean, rstd):
     """Forward kernel on ``(rows, cols)`` rows; see :mod:`fastln.cpu.kernels` for arguments."""
     rows, cols = x2.shape
     if rows == 0:
         return
-    if use_column_kernels(rows, cols):
-        _launch(cpu.forward_cols_serial, cpu.forward_cols_parallel, False, rows, x2.size,
-                x2, res2, w, b, eps, centered, y, h, mean, rstd)
-    else:
-        _launch(cpu.forward_serial, cpu.forward_parallel, rows == 1, rows, x2.size,
-                x2, res2, w, b, eps, centered, y, h, mean, rstd)
+    serial, parallel, one_task = _forward_kernels(rows, cols)  # not *-unpacked into the call: 0.15 us
+    _launch(serial, parallel, one_task, rows, x2.size, x2, res2, w, b, eps, centered, y, h, mean, rstd)
 
 
 def run_forward_half(xu, ru, w, b, eps, centered, yu, hu, mean, rstd, fmt):
@@ -156,24 +159,38 @@ def run_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw, db):
         dw[:] = 0
         db[:] = 0
         return
+    _launch_backward(_backward_kernels(rows, cols), gy2, x2, mean, rstd, w, centered, gres, gx, dw, db)
+
+
+def _backward_kernels(rows: int, cols: int) -> tuple:
+    """``(serial, parallel, one_task, n_chunks, rows_per_chunk)`` for a shape: the column
+    kernels (``n_chunks`` 0: no partials) or the row kernels (:func:`_chunked`)."""
     if use_column_kernels(rows, cols, backward=True):
-        _launch(cpu.backward_cols_serial, cpu.backward_cols_parallel, False, rows, x2.size,
-                gy2, x2, mean, rstd, w, centered, gres, gx, dw, db)
-        return
-    _launch_chunked(cpu.backward_serial, cpu.backward_parallel, gy2, x2, mean, rstd, w, centered, gres, gx, dw, db)
+        return cpu.backward_cols_serial, cpu.backward_cols_parallel, False, 0, 0
+    return _chunked(cpu.backward_serial, cpu.backward_parallel, rows, cols)
 
 
-def _launch_chunked(serial, parallel, gy2, x2, mean, rstd, w, centered, gres, gx, dw, db, *extra):
-    """A row backward kernel over the chunks of :func:`chunking`, with float64 partials;
-    ``extra`` arguments follow ``rows_per_chunk``."""
-    rows, cols = x2.shape
+def _chunked(serial, parallel, rows: int, cols: int) -> tuple:
+    """A row backward kernel pair over the chunks of :func:`chunking`, as
+    :func:`_backward_kernels` gives it."""
     n_chunks, rows_per_chunk = chunking(rows, cols)
+    return serial, parallel, n_chunks == 1, n_chunks, rows_per_chunk
+
+
+def _launch_backward(kernels, gy2, x2, mean, rstd, w, centered, gres, gx, dw, db, *extra):
+    """:func:`_launch` for backward kernels of :func:`_backward_kernels`: row kernels get
+    float64 per-chunk partials, and ``extra`` arguments after ``rows_per_chunk``."""
+    serial, parallel, one_task, n_chunks, rows_per_chunk = kernels
+    rows = x2.shape[0]
+    if n_chunks == 0:
+        _launch(serial, parallel, one_task, rows, x2.size, gy2, x2, mean, rstd, w, centered, gres, gx, dw, db)
+        return
     # Two arrays, not two views of one: unpacking an array's rows costs 0.8 us, two
     # allocations 0.25 us (2x3 backward: the kernel itself takes 1.4 us).
     dw_part = np.zeros((n_chunks, dw.shape[0]))
     db_part = np.zeros((n_chunks, dw.shape[0]))
     _launch(
-        serial, parallel, n_chunks == 1, rows, x2.size,
+        serial, parallel, one_task, rows, x2.size,
         gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, rows_per_chunk, *extra,
     )
 
@@ -188,7 +205,8 @@ def run_backward_half(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db, fmt)
         dw[:] = 0
         db[:] = 0
         return
-    _launch_chunked(cpu.backward_half_serial, cpu.backward_half_parallel, gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db, fmt)
+    kernels = _chunked(cpu.backward_half_serial, cpu.backward_half_parallel, *xu.shape)
+    _launch_backward(kernels, gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db, fmt)
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,34 +214,29 @@ def run_backward_half(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw, db, fmt)
 # ---------------------------------------------------------------------------------------
 class _Plan(NamedTuple):
     """What the general pipeline decided for one (norm, shape, ``normalized_shape``, dtype):
-    kept so that the next call with plain arrays of the same kind (:func:`_plain`) goes
-    straight to the kernel.  Only float32/float64 data, and only layouts with rows."""
+    kept so that the next call with plain arrays of the same kind
+    (:func:`fastln._checks.plain`) goes straight to the kernel.  Only float32/float64 data,
+    and only layouts with rows."""
 
     lay: _checks.Layout
     dtype: np.dtype  # the data's dtype, which the kernels run in
     stat: np.dtype  # mean/rstd
     rows2: tuple  # (rows, cols)
     flat: bool  # x is (rows, cols) and its statistics (rows,): no reshapes
-    work: int  # elements plus ROW_COST per row, held against SERIAL_BELOW at each call
-    forward: tuple  # (serial kernel, parallel kernel, one task)
-    backward: tuple  # (serial kernel, parallel kernel, one task, n_chunks, rows_per_chunk)
+    forward: tuple  # _forward_kernels
+    backward: tuple  # _backward_kernels
     default_eps: float  # what eps=None means (RMSNorm)
 
 
 _PLANS: dict = {}
-#: ``ndarray.flags.num`` bits of a C-contiguous, writeable array (NumPy's
-#: NPY_ARRAY_C_CONTIGUOUS and NPY_ARRAY_WRITEABLE): one attribute read instead of two
-#: flag objects.
-_C_WRITEABLE = 0x0001 | 0x0400
 
 
 def _plan_key(centered: bool, x_shape: tuple, normalized_shape, dtype):
-    """The plan's key, or None when ``normalized_shape`` is not of an exact kind (a list, a
-    tuple holding something other than ints): ``True == 1`` and ``4.0 == 4`` hash alike, and
-    a plan made for ``1`` must not let ``True`` through."""
-    ns = normalized_shape
-    if ns is None or type(ns) is int or (type(ns) is tuple and all(type(d) is int for d in ns)):
-        return centered, x_shape, ns, dtype
+    """The plan's key, or None when ``normalized_shape`` is not of an exact kind
+    (:func:`fastln._checks.hashable_exactly`): a plan made for ``1`` must not let ``True``
+    through."""
+    if _checks.hashable_exactly(normalized_shape):
+        return centered, x_shape, normalized_shape, dtype
     return None
 
 
@@ -232,29 +245,14 @@ def _make_plan(key, lay: _checks.Layout, dtype: np.dtype) -> None:
     if key is None or lay.rows == 0 or dtype not in _checks.NATIVE_DTYPES:
         return
     rows, cols = lay.rows, lay.cols
-    if use_column_kernels(rows, cols):
-        forward = (cpu.forward_cols_serial, cpu.forward_cols_parallel, False)
-    else:
-        forward = (cpu.forward_serial, cpu.forward_parallel, rows == 1)
-    if use_column_kernels(rows, cols, backward=True):
-        backward = (cpu.backward_cols_serial, cpu.backward_cols_parallel, False, 0, 0)
-    else:
-        n_chunks, rows_per_chunk = chunking(rows, cols)
-        backward = (cpu.backward_serial, cpu.backward_parallel, n_chunks == 1, n_chunks, rows_per_chunk)
     if len(_PLANS) > 1024:
         _PLANS.clear()
     _PLANS[key] = _Plan(
         # "flat": x is (rows, cols) and the statistics are (rows,), so nothing is reshaped;
         # not so when normalized_shape spans both dims of a 2-D x (its statistics are 0-d)
         lay, dtype, _checks.stats_dtype(dtype), (rows, cols), len(key[1]) == 2 and len(lay.norm_shape) == 1,
-        rows * cols + _config.ROW_COST * rows, forward, backward, _checks.default_eps(dtype),
+        _forward_kernels(rows, cols), _backward_kernels(rows, cols), _checks.default_eps(dtype),
     )
-
-
-def _plain(a, dtype: np.dtype, shape: tuple) -> bool:
-    """``a`` is an ndarray of exactly this dtype and shape, C-contiguous and writeable: what
-    the kernels take as it is."""
-    return type(a) is np.ndarray and a.dtype is dtype and a.shape == shape and a.flags.num & _C_WRITEABLE == _C_WRITEABLE
 
 
 def _known_plan(norm, x: np.ndarray, normalized_shape):
@@ -262,23 +260,13 @@ def _known_plan(norm, x: np.ndarray, normalized_shape):
     writeable, else None."""
     key = _plan_key(norm.centered, x.shape, normalized_shape, x.dtype)
     plan = None if key is None else _PLANS.get(key)
-    if plan is None or x.flags.num & _C_WRITEABLE != _C_WRITEABLE:
+    if plan is None or x.flags.num & _checks.C_WRITEABLE != _checks.C_WRITEABLE:
         return None
     return plan
 
 
-def _run(kernels, work, *args) -> None:
-    """A plan's kernel pair, by :func:`_launch`'s rule (``SERIAL_BELOW`` read at each call,
-    as there: tests change it)."""
-    if kernels[2] or work < _config.SERIAL_BELOW or not _threading.parallel_ok():
-        kernels[0](*args)
-    else:
-        with _threading.parallel_guard():
-            kernels[1](*args)
-
-
 def _forward_planned(norm, x, residual, normalized_shape, weight, bias, eps, out=None):
-    """:func:`_forward` of a call whose arrays are all plain (:func:`_plain`) and whose plan
+    """:func:`_forward` of a call whose arrays are all plain (:func:`fastln._checks.plain`) and whose plan
     is known, bitwise the same (the same kernels on the same arrays); None otherwise, and
     the general path decides (and raises).  ``out`` is taken when it is plain and either
     ``x`` itself or apart from ``x``, ``weight`` and ``bias``."""
@@ -288,14 +276,14 @@ def _forward_planned(norm, x, residual, normalized_shape, weight, bias, eps, out
     dt = plan.dtype
     lay = plan.lay
     if not (
-        (weight is None or _plain(weight, dt, lay.norm_shape))
-        and (bias is None or _plain(bias, dt, lay.norm_shape))
-        and (residual is None or _plain(residual, dt, x.shape))
+        (weight is None or _checks.plain(weight, dt, lay.norm_shape))
+        and (bias is None or _checks.plain(bias, dt, lay.norm_shape))
+        and (residual is None or _checks.plain(residual, dt, x.shape))
     ):
         return None
     if out is not None and not (
         residual is None
-        and _plain(out, dt, x.shape)
+        and _checks.plain(out, dt, x.shape)
         and (out is x or not (
             np.may_share_memory(out, x)
             or (weight is not None and np.may_share_memory(out, weight))
@@ -320,8 +308,9 @@ def _forward_planned(norm, x, residual, normalized_shape, weight, bias, eps, out
     rstd = np.empty(lay.lead_shape, plan.stat)
     w = _checks.EMPTY[dt] if weight is None else weight if weight.ndim == 1 else weight.reshape(lay.cols)
     b = _checks.EMPTY[dt] if bias is None else bias if bias.ndim == 1 else bias.reshape(lay.cols)
-    _run(
-        plan.forward, plan.work, x2, res2, w, b, eps, norm.centered, y if flat else y.reshape(plan.rows2), h2,
+    serial, parallel, one_task = plan.forward
+    _launch(
+        serial, parallel, one_task, lay.rows, x2.size, x2, res2, w, b, eps, norm.centered, y if flat else y.reshape(plan.rows2), h2,
         mean if flat or not norm.centered else mean.reshape(lay.rows), rstd if flat else rstd.reshape(lay.rows),
     )
     return y, None if residual is None else h, mean if norm.centered else None, rstd
@@ -339,10 +328,10 @@ def _backward_planned(norm, grad_y, x, mean, rstd, weight, normalized_shape):
     lay = plan.lay
     lead = lay.lead_shape
     if not (
-        _plain(grad_y, dt, x.shape)
-        and (_plain(mean, plan.stat, lead) if norm.centered else True)
-        and _plain(rstd, plan.stat, lead)
-        and (weight is None or _plain(weight, dt, lay.norm_shape))
+        _checks.plain(grad_y, dt, x.shape)
+        and (_checks.plain(mean, plan.stat, lead) if norm.centered else True)
+        and _checks.plain(rstd, plan.stat, lead)
+        and (weight is None or _checks.plain(weight, dt, lay.norm_shape))
     ):
         return None
     rows, cols = plan.rows2
@@ -350,20 +339,13 @@ def _backward_planned(norm, grad_y, x, mean, rstd, weight, normalized_shape):
     gx = np.empty(x.shape, dt)
     dw = np.empty(cols, dt)
     db = np.empty(cols, dt)
-    args = (
-        grad_y if flat else grad_y.reshape(plan.rows2), x if flat else x.reshape(plan.rows2),
+    _launch_backward(
+        plan.backward, grad_y if flat else grad_y.reshape(plan.rows2), x if flat else x.reshape(plan.rows2),
         (mean if flat else mean.reshape(rows)) if norm.centered else _checks.EMPTY[plan.stat],
         rstd if flat else rstd.reshape(rows),
         _checks.EMPTY[dt] if weight is None else weight if weight.ndim == 1 else weight.reshape(cols),
         norm.centered, _no_rows(dt), gx if flat else gx.reshape(plan.rows2), dw, db,
     )
-    n_chunks, rows_per_chunk = plan.backward[3:]
-    if n_chunks == 0:  # column kernels: no partials
-        _run(plan.backward, plan.work, *args)
-    else:
-        dw_part = np.zeros((n_chunks, cols))
-        db_part = np.zeros((n_chunks, cols))
-        _run(plan.backward, plan.work, *args[:8], dw_part, db_part, dw, db, rows_per_chunk)
     if len(lay.norm_shape) > 1:
         dw = dw.reshape(lay.norm_shape)
         db = db.reshape(lay.norm_shape)

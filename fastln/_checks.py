@@ -112,6 +112,13 @@ def normalize_shape(normalized_shape, x_shape: tuple) -> tuple:
 _LAYOUTS: dict = {}
 
 
+def hashable_exactly(normalized_shape) -> bool:
+    """``normalized_shape`` is None, an int or a tuple of ints, so it can key a cache: only
+    exact ints, since ``4.0 == 4`` and ``True == 1`` hash alike and must still be refused."""
+    ns = normalized_shape
+    return ns is None or type(ns) is int or (type(ns) is tuple and all(type(d) is int for d in ns))
+
+
 def layout(x_shape: tuple, normalized_shape) -> Layout:
     """Split ``x_shape`` into leading (row) and normalised (column) parts.
 
@@ -119,8 +126,7 @@ def layout(x_shape: tuple, normalized_shape) -> Layout:
     layouts millions of times); only valid layouts are stored, so errors are always raised.
     """
     ns = normalized_shape
-    # Only exact ints are keys: 4.0 == 4 and True == 1 hash alike, and must still be refused.
-    cacheable = ns is None or type(ns) is int or (type(ns) is tuple and all(type(d) is int for d in ns))
+    cacheable = hashable_exactly(ns)
     if cacheable:
         lay = _LAYOUTS.get((x_shape, ns))
         if lay is not None:
@@ -177,12 +183,23 @@ def kernel_array(a: np.ndarray) -> np.ndarray:
     return np.asarray(_Alias(a))
 
 
+#: ``ndarray.flags.num`` bits of a C-contiguous, writeable array (NumPy's
+#: NPY_ARRAY_C_CONTIGUOUS and NPY_ARRAY_WRITEABLE): one attribute read instead of two
+#: flag objects.
+C_WRITEABLE = 0x0001 | 0x0400
+
+
+def plain(a, dtype: np.dtype, shape: tuple) -> bool:
+    """``a`` is an ndarray of exactly this dtype and shape, C-contiguous and writeable: what
+    the kernels take as it is."""
+    return type(a) is np.ndarray and a.dtype is dtype and a.shape == shape and a.flags.num & C_WRITEABLE == C_WRITEABLE
+
+
 def param_vector(p, name: str, lay: Layout, dtype: np.dtype) -> np.ndarray:
     """``weight``/``bias`` as a ``dtype`` vector of ``cols`` values; length 0 when ``p`` is None."""
     if p is None:
         return EMPTY[dtype]
-    flags = getattr(p, "flags", None)
-    if type(p) is np.ndarray and p.dtype == dtype and p.shape == lay.norm_shape and flags.c_contiguous and flags.writeable:
+    if plain(p, dtype, lay.norm_shape):
         return p.reshape(lay.cols)  # the common case: a view, no copy, no conversion
     if is_device_array(p):
         raise TypeError(f"{name} is a CUDA array but x is on the CPU: put both on one device")
@@ -255,7 +272,7 @@ def check_stat(s, name: str, lay: Layout, x_dtype: np.dtype) -> np.ndarray:
     ``native_layer_norm``), in any floating dtype.
     """
     want = stats_dtype(x_dtype)
-    if type(s) is np.ndarray and s.dtype == want and s.shape == lay.lead_shape and s.flags.c_contiguous and s.flags.writeable:
+    if plain(s, want, lay.lead_shape):
         return s.reshape(lay.rows)  # fastln's own stats, passed back: a view
     s = as_float_array(s, name)
     keepdim = lay.lead_shape + (1,) * len(lay.norm_shape)

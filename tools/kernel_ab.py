@@ -263,9 +263,11 @@ def _hot(rounds):
             cells.append(min(timeit.repeat(fn, number=2000, repeat=7)) / 2000 / x.size * 1e9)
         print(f"| {cols} | " + " | ".join(f"{c:.3f}" for c in cells) + " |", flush=True)
 
+    threads = numba.get_num_threads()
     numba.set_num_threads(1)
     for cols in (256, 1024, 4096):
         row(cols)
+    numba.set_num_threads(threads)  # the sections after this one run on every thread
 
 
 def _reduce(rounds):
