@@ -81,3 +81,30 @@ def rms_backward(grad_y, x, k=1, weight=None, eps=1e-6):
     gw = (g2 * x_hat).sum(axis=0)
     shape = np.shape(x)[np.ndim(x) - k:]
     return gx.reshape(np.shape(x)).astype(np.float64), gw.reshape(shape).astype(np.float64)
+
+
+def lane_sums_f32(x, p, lanes=16, unroll=4, fused=True):
+    """``(sum(d), sum(d*d))``, ``d = float32(x - p)``, summed in float32 in the order
+    ``fastln.cpu._lanes.shifted_sums_f32`` states, one element at a time: element ``k`` into
+    lane ``k % lanes`` of accumulator ``(k // lanes) % unroll``; then ``(a0 + a1) + (a2 + a3)``
+    and the lanes folded by halving.  ``fused``: ``q + d*d`` rounded once (an FMA; the
+    float64 product of two float32 numbers is exact), else the product rounded first."""
+    f32 = np.float32
+    s = np.zeros((unroll, lanes), f32)
+    q = np.zeros((unroll, lanes), f32)
+    for k, xk in enumerate(np.asarray(x, f32)):
+        u, lane = (k // lanes) % unroll, k % lanes
+        d = f32(xk - f32(p))
+        s[u, lane] = f32(s[u, lane] + d)
+        q[u, lane] = f32(np.float64(q[u, lane]) + np.float64(d) * np.float64(d)) if fused else f32(q[u, lane] + f32(d * d))
+
+    def total(acc):
+        pairs = list(acc)
+        while len(pairs) > 1:
+            pairs = [pairs[i] + pairs[i + 1] for i in range(0, len(pairs), 2)]
+        v = pairs[0]
+        while v.size > 1:
+            v = v[: v.size // 2] + v[v.size // 2 :]
+        return v[0]
+
+    return total(s), total(q)

@@ -146,7 +146,7 @@ def test_float16_computed_in_float32(rng):
     np.testing.assert_allclose(y, reference.forward(x)[0], atol=4e-3)
 
 
-@pytest.mark.parametrize("shape", [(1, 7), (16, 64), (300, 257), (3, 4, 100)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 7), (16, 64), (40, 95), (40, 96), (300, 257), (3, 4, 100)], ids=str)
 def test_float16_in_kernel_is_the_float32_computation_rounded_once(rng, shape):
     """float16 rows are widened inside the kernels (no float32 copies): every function gives
     bitwise what the float32 computation on upcast data, rounded once, gives."""

@@ -118,7 +118,81 @@ def test_float32_statistics_bound_in_the_docstring():
 
     assert BLOCK == 512 and CERTIFY == 2.0
     assert round(bound(BLOCK), 5) == 1.8e-4  # any summation order
-    assert round(bound(BLOCK // 64 + 6), 7) == 5.7e-6  # LLVM's 64 accumulators and tree
+    assert round(bound(BLOCK // 64 + 6), 7) == 5.7e-6  # _lanes: 64 lanes 8 deep, a 6-level tree
+
+
+def _lane_kernels():
+    """shifted_sums_f32 and head_mean_f32 compiled in three contexts: reassociation allowed
+    around the call, no fast-math at all, and inside a parallel loop."""
+    import numba
+
+    from fastln.cpu._lanes import head_mean_f32, shifted_sums_f32
+
+    @numba.njit(fastmath={"reassoc", "contract"})
+    def loose(x, p):
+        s, q = shifted_sums_f32(x, p)
+        return s, q, head_mean_f32(x) if x.shape[0] >= 16 else np.float32(0)
+
+    @numba.njit
+    def strict(x, p):
+        s, q = shifted_sums_f32(x, p)
+        return s, q, head_mean_f32(x) if x.shape[0] >= 16 else np.float32(0)
+
+    @numba.njit(parallel=True)
+    def threaded(x, p, out):
+        for i in numba.prange(x.shape[0]):
+            s, q = shifted_sums_f32(x[i], p)
+            out[i, 0] = s
+            out[i, 1] = q
+
+    return loose, strict, threaded
+
+
+def test_float32_lane_sums_follow_their_stated_order():
+    """The float32 statistics' sums are the order _lanes states, element by element (the
+    naive twin in tests/reference.py), whatever fast-math flags or loops surround the call:
+    the bitwise agreements between kernels rest on that."""
+    loose, strict, threaded = _lane_kernels()
+    rng = np.random.default_rng(11)
+    sizes = [*range(0, 70), 80, 127, 128, 129, 200, 255, 256, 257, 511, 512]
+    models = set()
+    for n in sizes:
+        x = (rng.standard_normal(n) * 10 ** rng.uniform(-2, 3) + rng.uniform(-100, 100)).astype(np.float32)
+        p = np.float32(x[:16].mean()) if n else np.float32(1.5)
+        fused = reference.lane_sums_f32(x, p)
+        unfused = reference.lane_sums_f32(x, p, fused=False)
+        got = loose(x, p)
+        assert strict(x, p) == got, n
+        out = np.empty((3, 2), np.float32)
+        threaded(np.stack([x] * 3), p, out)
+        assert (out == np.array(got[:2], np.float32)).all(), n
+        if got[:2] == fused:
+            models.add("fused")
+        elif got[:2] == unfused:
+            models.add("unfused")
+        else:
+            raise AssertionError((n, got[:2], fused, unfused))
+        if n >= 16:  # the pivot: the first 16 summed in float64 by halving, rounded once
+            v = x[:16].astype(np.float64)
+            while v.size > 1:
+                v = v[: v.size // 2] + v[v.size // 2 :]
+            assert got[2] == np.float32(v[0] / 16), n
+    assert len(models) == 1, models  # one rule for the square (FMA or not) on one machine
+
+
+def test_short_float32_rows_take_the_float64_statistics(rng):
+    """float32 rows under F32_MIN_COLS columns get the float64 blocks' statistics, rows from
+    it the float32 lanes': both within the accuracy targets, on both sides of the switch."""
+    from fastln.cpu.layer_norm import F32_MIN_COLS
+
+    for cols in (1, 2, 20, F32_MIN_COLS - 1, F32_MIN_COLS, F32_MIN_COLS + 1, 300):
+        x = (rng.standard_normal((64, cols)) * 3 + 1e3).astype(np.float32)
+        w = rng.standard_normal(cols).astype(np.float32)
+        y, mean, rstd = fastln.layer_norm_forward(x, weight=w, bias=w)
+        ry, rmean, rrstd = reference.forward(x, weight=w, bias=w)
+        np.testing.assert_allclose(mean, rmean, rtol=2e-7, atol=0)
+        np.testing.assert_allclose(rstd, rrstd, rtol=3e-7, atol=0)
+        np.testing.assert_allclose(y, ry, rtol=0, atol=2e-6 * (1 + np.abs(ry).max()))
 
 
 def test_float32_statistics_error_over_random_rows():

@@ -76,7 +76,7 @@ def _row_statistics(xr, eps, centered):
     cols = xr.shape[0]
     if centered:
         certified = False
-        if ln.is_float32(xr):
+        if ln.is_float32(xr) and cols >= ln.F32_MIN_COLS:
             certified, pivot, mean_d, m2 = ln.row_moments_f32(xr)
         if not certified:
             pivot, mean_d, m2 = ln.row_moments(xr)

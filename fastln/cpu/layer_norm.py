@@ -31,6 +31,7 @@ from numba.extending import overload
 
 from fastln._config import BLOCK
 from fastln.cpu import _jit
+from fastln.cpu._lanes import LANES, head_mean_f32, shifted_sums_f32
 
 
 @_jit.reduce
@@ -115,20 +116,13 @@ CERTIFY = 2.0
 #: ... and when the mean of ``d**2`` is at least this: smaller products are subnormal in
 #: float32 and lose bits (rows of magnitude 1e-20 take the float64 path).
 TINY_MEAN_SQUARE = 1e-25
-#: Elements of the row that choose the pivot.
-PIVOT_SAMPLE = 16
-
-
-@_jit.reduce
-def _shifted_sums_f32(blk, p):
-    """``(sum(d), sum(d*d))`` with ``d = x - p``, all in float32: one sweep, 16 lanes a vector."""
-    s = p - p  # float32 zero
-    q = p - p
-    for k in range(blk.shape[0]):
-        d = blk[k] - p
-        s += d
-        q += d * d
-    return s, q
+#: float32 rows shorter than this take :func:`row_moments`: the float32 lanes' fixed cost per
+#: row (pivot, lane folds, certificate) outweighs their speed there.  Per row, one thread,
+#: rows in cache: 32 columns 10.5 against 7.7 ns, 64 columns 12.9 against 11.6, 128 columns
+#: 17.2 against 19.7, 512 columns 37.6 against 75.4.
+F32_MIN_COLS = 96
+#: Elements of the row that choose the pivot (one vector: :func:`._lanes.head_mean_f32`).
+PIVOT_SAMPLE = LANES
 
 
 @_jit.inline
@@ -137,8 +131,9 @@ def row_moments_f32(xr):
 
     The pivot ``p`` is the mean of the row's first :data:`PIVOT_SAMPLE` elements, rounded to
     float32.  Each block of ``BLOCK`` elements gives ``s_b = sum(d)`` and ``q_b = sum(d*d)``,
-    ``d = fl(x - p)``, summed in float32 (LLVM spreads them over 64 accumulators); the block
-    sums are added in float64, and ``M2 = q - s*s/C``.  float32 lanes hold twice the elements
+    ``d = fl(x - p)``, summed in float32 over 64 lanes in an order written out
+    (:func:`._lanes.shifted_sums_f32`: the same in every kernel, so kernels that promise the
+    same bits get them whatever LLVM does around the call); the block sums are added in float64, and ``M2 = q - s*s/C``.  float32 lanes hold twice the elements
     of float64 ones and need no conversions: the whole forward ran 1.11-1.34x faster than with
     :func:`row_moments` (512x768 to 64x65536, 2 threads, both compiled in one process and
     timed side by side), most at 4096x1024, where the float64 sums were the limit.
@@ -158,9 +153,9 @@ def row_moments_f32(xr):
 
         |M2^ - M2| / M2 <= 3 CERTIFY g_(B+2) / (1 - 3 CERTIFY g_(B+2))
 
-    For any summation order that is 1.8e-4 with ``B = 512``; for the order LLVM emits (64
-    accumulators, each ``B/64 = 8`` terms deep, then a 6-level tree: depth 14, so ``g_16``
-    above) it is 5.7e-6, and ``rstd`` errs by half of that.  Rounding errors of independent terms mostly cancel, so
+    For any summation order that is 1.8e-4 with ``B = 512``; for the order
+    :func:`._lanes.shifted_sums_f32` fixes (64 lanes, each at most ``B/64 = 8`` terms deep,
+    then a 2 + 4 = 6-level tree: depth 14, so ``g_16`` above) it is 5.7e-6, and ``rstd`` errs by half of that.  Rounding errors of independent terms mostly cancel, so
     the error met in practice is about ``sqrt(depth) u`` (tests/test_numerics.py measures
     below 1e-6 in the variance over thousands of random rows, and keeps the 2e-6 output target
     on the hard rows).  Rows that are not certified (a far pivot: an outlier among the first
@@ -171,33 +166,22 @@ def row_moments_f32(xr):
     cols = xr.shape[0]
     if cols == 0:
         return False, 0.0, 0.0, 0.0
-    n0 = min(cols, PIVOT_SAMPLE)
-    # Four running sums: one chain of 16 dependent float64 additions costs ~13 ns a row,
-    # a quarter of a short row's whole forward.
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
-    k = 0
-    while k + 4 <= n0:
-        a0 += np.float64(xr[k])
-        a1 += np.float64(xr[k + 1])
-        a2 += np.float64(xr[k + 2])
-        a3 += np.float64(xr[k + 3])
-        k += 4
-    while k < n0:
-        a0 += np.float64(xr[k])
-        k += 1
-    p = np.float32(((a0 + a1) + (a2 + a3)) / n0)
+    if cols >= PIVOT_SAMPLE:
+        p = head_mean_f32(xr)
+    else:
+        a = 0.0
+        for k in range(cols):
+            a += np.float64(xr[k])
+        p = np.float32(a / cols)
     if cols <= BLOCK:  # one block, no view (short rows are common; see row_moments)
-        bs, bq = _shifted_sums_f32(xr, p)
+        bs, bq = shifted_sums_f32(xr, p)
         s = np.float64(bs)
         q = np.float64(bq)
     else:
         s = 0.0
         q = 0.0
         for start in range(0, cols, BLOCK):
-            bs, bq = _shifted_sums_f32(xr[start : start + BLOCK], p)
+            bs, bq = shifted_sums_f32(xr[start : start + BLOCK], p)
             s += np.float64(bs)
             q += np.float64(bq)
     m2 = q - s * (s / cols)
