@@ -37,7 +37,13 @@ so the comparison survives a noisy machine better than two separate runs).
   rows in float32 before each float64 flush (``_config.FLUSH_ROWS``), times and the largest
   error against the float64 reference, relative to the largest gradient.
 
-``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush`` picks sections.
+- **lanes**: forward LayerNorm float32 into a reused buffer with the float32 statistics as
+  they were before ``fastln/cpu/_lanes.py`` (sums in the order LLVM chose under ``reassoc``,
+  the pivot from a loop and a division, float32 lanes at every width) against today's (an
+  order written out, a one-vector pivot, rows under ``layer_norm.F32_MIN_COLS`` on the
+  float64 blocks); both on every thread, as fractions of the reused copy and the speed-up.
+
+``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes`` picks sections.
 """
 
 import argparse
@@ -73,10 +79,13 @@ def _recompile(fn, globals_, **options):
     return numba.njit(nogil=True, error_model="numpy", fastmath={"contract"}, **options)(clone)
 
 
-def _forward_variant(float32_stats=True, stream=None, pair_bytes=None):
+def _forward_variant(float32_stats=True, stream=None, pair_bytes=None, ln_module=None):
     """The row forward kernel, optionally without the float32 statistics, with streaming
-    forced on (True) or off (False), with rows of ``pair_bytes`` or more swept in pairs."""
+    forced on (True) or off (False), with rows of ``pair_bytes`` or more swept in pairs, or
+    with the statistics of ``ln_module`` (a stand-in for :mod:`fastln.cpu.layer_norm`)."""
     g = dict(K.__dict__)
+    if ln_module is not None:
+        g["ln"] = ln_module
     if pair_bytes is not None:
         g["PAIR_FORWARD_ROW_BYTES"] = pair_bytes
     if not float32_stats:
@@ -91,6 +100,7 @@ def _forward_variant(float32_stats=True, stream=None, pair_bytes=None):
     g["_row_statistics"] = _recompile(K._row_statistics, g, inline="always")
     g["_forward_row"] = _recompile(K._forward_row, g, inline="always")
     g["_forward_at"] = _recompile(K._forward_at, g, inline="always")
+    g["_forward_pair"] = _recompile(K._forward_pair, g)
     return _recompile(K._forward_rows, g, parallel=True)
 
 
@@ -117,11 +127,11 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush")
+    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes")
     p.add_argument("--pair-bytes", type=int, default=K.PAIR_FORWARD_ROW_BYTES)
     a = p.parse_args()
     only = set(a.only.split(","))
-    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "hot", "flush"):
+    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "hot", "flush", "lanes"):
         if section in only:
             if section == "pairs":
                 _pairs(a.rounds, a.pair_bytes)
@@ -432,6 +442,59 @@ def _backward_case(shape, variants, rounds, torch):
     fns["torch"] = lambda: torch.ops.aten.native_layer_norm_backward(gt, xt, [cols], mt, rt, wt, bt, [True] * 3)
     return bench.kept_samples(fns, rounds)[0]
 
+
+
+
+@numba.njit(fastmath={"reassoc", "contract"}, nogil=True, error_model="numpy")
+def _llvm_shifted_sums_f32(blk, p):
+    s = p - p
+    q = p - p
+    for k in range(blk.shape[0]):
+        d = blk[k] - p
+        s += d
+        q += d * d
+    return s, q
+
+
+@numba.njit(fastmath={"contract"}, nogil=True, error_model="numpy", inline="always")
+def _llvm_row_moments_f32(xr):
+    """``layer_norm.row_moments_f32`` before ``_lanes``: LLVM's order, a loop for the pivot."""
+    cols = xr.shape[0]
+    if cols == 0:
+        return False, 0.0, 0.0, 0.0
+    n0 = min(cols, ln.PIVOT_SAMPLE)
+    a0 = a1 = a2 = a3 = 0.0
+    k = 0
+    while k + 4 <= n0:
+        a0 += np.float64(xr[k])
+        a1 += np.float64(xr[k + 1])
+        a2 += np.float64(xr[k + 2])
+        a3 += np.float64(xr[k + 3])
+        k += 4
+    while k < n0:
+        a0 += np.float64(xr[k])
+        k += 1
+    p = np.float32(((a0 + a1) + (a2 + a3)) / n0)
+    s = 0.0
+    q = 0.0
+    for start in range(0, cols, ln.BLOCK):
+        bs, bq = _llvm_shifted_sums_f32(xr[start : start + ln.BLOCK], p)
+        s += np.float64(bs)
+        q += np.float64(bq)
+    m2 = q - s * (s / cols)
+    certified = ln.TINY_MEAN_SQUARE * cols <= q < np.inf and q <= ln.CERTIFY * m2
+    return certified, np.float64(p), s / cols, m2
+
+
+def _lanes(rounds):
+    before = types.ModuleType("ab_layer_norm_llvm_order")
+    before.__dict__.update(ln.__dict__)
+    before.row_moments_f32 = _llvm_row_moments_f32
+    before.F32_MIN_COLS = 0
+    variants = {"LLVM's order": _forward_variant(stream=False, ln_module=before),
+                "order written out": _forward_variant(stream=False)}
+    _old_vs_new("lanes", "LLVM's order", "order written out", variants,
+                [(4096, 20), (512, 64), (512, 128), (512, 768), (4096, 1024), (64, 65536)], rounds)
 
 if __name__ == "__main__":
     main()
