@@ -118,7 +118,8 @@ def test_float32_statistics_bound_in_the_docstring():
 
     assert BLOCK == 512 and CERTIFY == 2.0
     assert round(bound(BLOCK), 5) == 1.8e-4  # any summation order
-    assert round(bound(BLOCK // 64 + 6), 7) == 5.7e-6  # _lanes: 64 lanes 8 deep, a 6-level tree
+    assert round(bound(BLOCK // 64 + 6), 7) == 5.7e-6  # _lanes on AVX-512: 64 lanes 8 deep, 6 levels
+    assert round(bound(BLOCK // 32 + 5), 7) == 8.2e-6  # elsewhere: 32 lanes 16 deep, 5 levels
 
 
 def _lane_kernels():
@@ -152,6 +153,8 @@ def test_float32_lane_sums_follow_their_stated_order():
     """The float32 statistics' sums are the order _lanes states, element by element (the
     naive twin in tests/reference.py), whatever fast-math flags or loops surround the call:
     the bitwise agreements between kernels rest on that."""
+    from fastln.cpu._lanes import unroll
+
     loose, strict, threaded = _lane_kernels()
     rng = np.random.default_rng(11)
     sizes = [*range(0, 70), 80, 127, 128, 129, 200, 255, 256, 257, 511, 512]
@@ -159,8 +162,8 @@ def test_float32_lane_sums_follow_their_stated_order():
     for n in sizes:
         x = (rng.standard_normal(n) * 10 ** rng.uniform(-2, 3) + rng.uniform(-100, 100)).astype(np.float32)
         p = np.float32(x[:16].mean()) if n else np.float32(1.5)
-        fused = reference.lane_sums_f32(x, p)
-        unfused = reference.lane_sums_f32(x, p, fused=False)
+        fused = reference.lane_sums_f32(x, p, unroll=unroll())
+        unfused = reference.lane_sums_f32(x, p, unroll=unroll(), fused=False)
         got = loose(x, p)
         assert strict(x, p) == got, n
         out = np.empty((3, 2), np.float32)

@@ -4,20 +4,24 @@ A float32 sum vectorised by LLVM under ``reassoc`` is fast, but its order (how m
 accumulators, how the lanes are folded) is LLVM's choice, and that choice depends on the
 code around the loop: the same helper inlined into two kernels can round differently.
 fastln promises bitwise agreements that rest on that order (the float16 kernels against
-the float32 computation, serial against parallel kernels), and a branch added elsewhere in
-a kernel once broke one of them.  :func:`shifted_sums_f32` emits the vector code itself, so
-the order is the same in every kernel that calls it, on every machine:
+the float32 computation, serial against parallel kernels, the torch bridge's compiled glue
+against the NumPy API), and a branch added elsewhere in a kernel once broke one of them.
+:func:`shifted_sums_f32` emits the vector code itself, so the order is the same in every
+kernel that calls it:
 
 * element ``k`` of the block is added to lane ``k % LANES`` of accumulator
-  ``(k // LANES) % UNROLL``, in increasing ``k``;
-* the accumulators are folded as ``(a0 + a1) + (a2 + a3)``, then the lanes by halving
-  (lane ``l`` with lane ``l + LANES/2``, and so on down to one).
+  ``(k // LANES) % unroll()``, in increasing ``k``;
+* the accumulators are folded pairwise (``(a0 + a1) + (a2 + a3)``, or ``a0 + a1``), then the
+  lanes by halving (lane ``l`` with lane ``l + LANES/2``, and so on down to one).
 
-Each lane of a block of ``B`` elements adds at most ``ceil(B / (LANES * UNROLL))`` terms, and
-the tree adds ``log2(UNROLL) + log2(LANES)`` levels, the depth the error bound in
-:func:`fastln.cpu.layer_norm.row_moments_f32` counts.  The instructions carry LLVM's
-``contract`` flag only (set here, so Numba's fast-math pass leaves them alone), and the square
-is ``llvm.fmuladd``: no reassociation can reach them.
+``unroll()`` is 4 where the CPU has AVX-512 (32 vector registers) and 2 elsewhere: with 4,
+an AVX2 CPU spilled registers and ran the statistics 1.2x slower than LLVM's own loop
+(``NUMBA_CPU_NAME=haswell``, AVX-512 features off, 512-4096 columns).  So the order is one
+per machine, as LLVM's was.  Each lane of a block of ``B`` elements adds at most
+``ceil(B / (LANES * unroll()))`` terms, and the tree adds ``log2(unroll()) + log2(LANES)``
+levels: the depth the error bound in :func:`fastln.cpu.layer_norm.row_moments_f32` counts.
+The instructions carry LLVM's ``contract`` flag only (set here, so Numba's fast-math pass
+leaves them alone), and the square is ``llvm.fmuladd``: no reassociation can reach them.
 """
 
 from __future__ import annotations
@@ -29,8 +33,20 @@ from numba.extending import intrinsic
 
 #: float32 elements per vector (one AVX-512 register, two AVX2 ones).
 LANES = 16
-#: Independent accumulators per sum: enough to hide the adds' latency.
-UNROLL = 4
+#: Independent accumulators per sum, enough to hide the adds' latency: on AVX-512 CPUs, and
+#: on the others (16 vector registers hold no more beside the loop's temporaries).
+UNROLL_AVX512 = 4
+UNROLL_OTHER = 2
+
+
+def unroll(features: str | None = None) -> int:
+    """Accumulators per sum for a target with LLVM ``features`` (default: the CPU that Numba
+    compiles for)."""
+    if features is None:
+        from numba.core.registry import cpu_target
+
+        features = getattr(cpu_target.target_context.codegen(), "_tm_features", "")
+    return UNROLL_AVX512 if "+avx512f" in features.split(",") else UNROLL_OTHER
 
 
 def _vector_step(builder, fmuladd, acc_s, acc_q, v, pv):
@@ -87,8 +103,9 @@ def shifted_sums_f32(typingctx, blk, p):
             f"llvm.masked.load.{name}.p0")
         fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fmuladd.{name}")
         zero = ir.Constant(vec, [element(0.0)] * LANES)
+        n_acc = unroll(getattr(context.codegen(), "_tm_features", ""))
         acc_s, acc_q = [], []
-        for _ in range(UNROLL):
+        for _ in range(n_acc):
             for accs in (acc_s, acc_q):
                 slot = cgutils.alloca_once(builder, vec)
                 builder.store(zero, slot)
@@ -97,17 +114,17 @@ def shifted_sums_f32(typingctx, blk, p):
         def load_vector(start):
             return builder.load(builder.bitcast(builder.gep(arr.data, [start]), vec.as_pointer()), align=context.get_abi_sizeof(element))
 
-        group = LANES * UNROLL
+        group = LANES * n_acc
         n_groups = builder.sdiv(n, intp(group))
         with cgutils.for_range(builder, n_groups) as loop:
             base = builder.mul(loop.index, intp(group))
-            for u in range(UNROLL):
+            for u in range(n_acc):
                 _vector_step(builder, fmuladd, acc_s[u], acc_q[u], load_vector(builder.add(base, intp(u * LANES))), pv)
 
         # The last, partial group: whole vectors, then one vector of fewer than LANES
         # elements whose missing lanes hold p (d = 0 there, which adds exactly nothing).
         tail = builder.mul(n_groups, intp(group))
-        for u in range(UNROLL):
+        for u in range(n_acc):
             start = builder.add(tail, intp(u * LANES))
             with builder.if_then(builder.icmp_signed("<", start, n)):
                 with builder.if_else(builder.icmp_signed("<=", builder.add(start, intp(LANES)), n)) as (whole, partial):

@@ -154,8 +154,9 @@ def row_moments_f32(xr):
         |M2^ - M2| / M2 <= 3 CERTIFY g_(B+2) / (1 - 3 CERTIFY g_(B+2))
 
     For any summation order that is 1.8e-4 with ``B = 512``; for the order
-    :func:`._lanes.shifted_sums_f32` fixes (64 lanes, each at most ``B/64 = 8`` terms deep,
-    then a 2 + 4 = 6-level tree: depth 14, so ``g_16`` above) it is 5.7e-6, and ``rstd`` errs by half of that.  Rounding errors of independent terms mostly cancel, so
+    :func:`._lanes.shifted_sums_f32` fixes on AVX-512 CPUs (64 lanes, each at most ``B/64 = 8``
+    terms deep, then a 2 + 4 = 6-level tree: depth 14, so ``g_16`` above) it is 5.7e-6, and
+    on others (32 lanes 16 deep, 1 + 4 levels: depth 21) 8.2e-6; ``rstd`` errs by half of that.  Rounding errors of independent terms mostly cancel, so
     the error met in practice is about ``sqrt(depth) u`` (tests/test_numerics.py measures
     below 1e-6 in the variance over thousands of random rows, and keeps the 2e-6 output target
     on the hard rows).  Rows that are not certified (a far pivot: an outlier among the first
