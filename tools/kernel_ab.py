@@ -275,7 +275,7 @@ def _hot(rounds):
 
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
-    for cols in (256, 1024, 4096):
+    for cols in (32, 64, 128, 256, 1024, 4096):
         row(cols)
     numba.set_num_threads(threads)  # the sections after this one run on every thread
 

@@ -118,8 +118,8 @@ CERTIFY = 2.0
 TINY_MEAN_SQUARE = 1e-25
 #: float32 rows shorter than this take :func:`row_moments`: the float32 lanes' fixed cost per
 #: row (pivot, lane folds, certificate) outweighs their speed there.  Per row, one thread,
-#: rows in cache: 32 columns 10.5 against 7.7 ns, 64 columns 12.9 against 11.6, 128 columns
-#: 17.2 against 19.7, 512 columns 37.6 against 75.4.
+#: rows in cache (``python tools/kernel_ab.py --only hot``): 32 columns 12.9 against 7.8 ns,
+#: 64 columns 14.3 against 13.8, 128 columns 18.8 against 19.5, 256 columns 24.8 against 34.6.
 F32_MIN_COLS = 96
 #: Elements of the row that choose the pivot (one vector: :func:`._lanes.head_mean_f32`).
 PIVOT_SAMPLE = LANES
@@ -131,9 +131,10 @@ def row_moments_f32(xr):
 
     The pivot ``p`` is the mean of the row's first :data:`PIVOT_SAMPLE` elements, rounded to
     float32.  Each block of ``BLOCK`` elements gives ``s_b = sum(d)`` and ``q_b = sum(d*d)``,
-    ``d = fl(x - p)``, summed in float32 over 64 lanes in an order written out
-    (:func:`._lanes.shifted_sums_f32`: the same in every kernel, so kernels that promise the
-    same bits get them whatever LLVM does around the call); the block sums are added in float64, and ``M2 = q - s*s/C``.  float32 lanes hold twice the elements
+    ``d = fl(x - p)``, summed in float32 over 64 lanes (32 without AVX-512) in an order
+    written out (:func:`._lanes.shifted_sums_f32`: the same in every kernel, so kernels that
+    promise the same bits get them whatever LLVM does around the call); the block sums are
+    added in float64, and ``M2 = q - s*s/C``.  float32 lanes hold twice the elements
     of float64 ones and need no conversions: the whole forward ran 1.11-1.34x faster than with
     :func:`row_moments` (512x768 to 64x65536, 2 threads, both compiled in one process and
     timed side by side), most at 4096x1024, where the float64 sums were the limit.
@@ -156,8 +157,8 @@ def row_moments_f32(xr):
     For any summation order that is 1.8e-4 with ``B = 512``; for the order
     :func:`._lanes.shifted_sums_f32` fixes on AVX-512 CPUs (64 lanes, each at most ``B/64 = 8``
     terms deep, then a 2 + 4 = 6-level tree: depth 14, so ``g_16`` above) it is 5.7e-6, and
-    on others (32 lanes 16 deep, 1 + 4 levels: depth 21) 8.2e-6; ``rstd`` errs by half of that.  Rounding errors of independent terms mostly cancel, so
-    the error met in practice is about ``sqrt(depth) u`` (tests/test_numerics.py measures
+    on others (32 lanes 16 deep, 1 + 4 levels: depth 21) 8.2e-6; ``rstd`` errs by half of
+    that.  Rounding errors of independent terms mostly cancel, so the error met in practice is about ``sqrt(depth) u`` (tests/test_numerics.py measures
     below 1e-6 in the variance over thousands of random rows, and keeps the 2e-6 output target
     on the hard rows).  Rows that are not certified (a far pivot: an outlier among the first
     elements; offsets beyond 1e6 standard deviations), whose mean square is tiny (subnormal
