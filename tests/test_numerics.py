@@ -184,8 +184,8 @@ def test_float32_lane_sums_follow_their_stated_order():
 
 
 def test_short_float32_rows_take_the_float64_statistics(rng):
-    """float32 rows under F32_MIN_COLS columns get the float64 blocks' statistics, rows from
-    it the float32 lanes': both within the accuracy targets, on both sides of the switch."""
+    """float32 rows on both sides of F32_MIN_COLS (the float64 blocks below it, the float32
+    lanes from it) meet the accuracy targets against the long-double reference."""
     from fastln.cpu.layer_norm import F32_MIN_COLS
 
     for cols in (1, 2, 20, F32_MIN_COLS - 1, F32_MIN_COLS, F32_MIN_COLS + 1, 300):

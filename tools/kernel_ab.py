@@ -443,8 +443,6 @@ def _backward_case(shape, variants, rounds, torch):
     return bench.kept_samples(fns, rounds)[0]
 
 
-
-
 @numba.njit(fastmath={"reassoc", "contract"}, nogil=True, error_model="numpy")
 def _llvm_shifted_sums_f32(blk, p):
     s = p - p
