@@ -129,15 +129,12 @@ def _lane_kernels():
 
     from fastln.cpu._lanes import head_mean_f32, shifted_sums_f32
 
-    @numba.njit(fastmath={"reassoc", "contract"})
-    def loose(x, p):
+    def sums_and_pivot(x, p):
         s, q = shifted_sums_f32(x, p)
         return s, q, head_mean_f32(x) if x.shape[0] >= 16 else np.float32(0)
 
-    @numba.njit
-    def strict(x, p):
-        s, q = shifted_sums_f32(x, p)
-        return s, q, head_mean_f32(x) if x.shape[0] >= 16 else np.float32(0)
+    loose = numba.njit(fastmath={"reassoc", "contract"})(sums_and_pivot)
+    strict = numba.njit(sums_and_pivot)
 
     @numba.njit(parallel=True)
     def threaded(x, p, out):

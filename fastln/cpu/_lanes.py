@@ -39,14 +39,32 @@ UNROLL_AVX512 = 4
 UNROLL_OTHER = 2
 
 
-def unroll(features: str | None = None) -> int:
-    """Accumulators per sum for a target with LLVM ``features`` (default: the CPU that Numba
-    compiles for)."""
-    if features is None:
+def unroll(context=None) -> int:
+    """Accumulators per sum for the CPU that Numba's target ``context`` compiles for (default:
+    its CPU target, as the kernels get it)."""
+    if context is None:
         from numba.core.registry import cpu_target
 
-        features = getattr(cpu_target.target_context.codegen(), "_tm_features", "")
+        context = cpu_target.target_context
+    features = getattr(context.codegen(), "_tm_features", "")
     return UNROLL_AVX512 if "+avx512f" in features.split(",") else UNROLL_OTHER
+
+
+def _contiguous_float_vector(a):
+    """Whether ``a`` is a 1-D contiguous float32/float64 array: what the intrinsics load
+    whole vectors from."""
+    return (isinstance(a, types.Array) and a.ndim == 1 and a.dtype in (types.float32, types.float64)
+            and a.layout in "CF")
+
+
+def _vector_pointer(builder, arr, start, vec):
+    """``arr``'s elements from index ``start`` seen as ``vec`` vectors (element-aligned)."""
+    return builder.bitcast(builder.gep(arr.data, [start]), vec.as_pointer())
+
+
+def _load_vector(context, builder, arr, start, vec):
+    """The ``vec``-wide vector of ``arr``'s elements from index ``start``."""
+    return builder.load(_vector_pointer(builder, arr, start, vec), align=context.get_abi_sizeof(vec.element))
 
 
 def _vector_step(builder, fmuladd, acc_s, acc_q, v, pv):
@@ -74,10 +92,7 @@ def shifted_sums_f32(typingctx, blk, p):
     docstring states.  ``blk``: a 1-D contiguous float32 array; ``p``: a float, taken in
     ``blk``'s dtype.  (float64 blocks compile too, in the same order: kernels are typed for
     every dtype before Numba prunes the float32-only branch that calls this.)"""
-    if not (
-        isinstance(blk, types.Array) and blk.ndim == 1 and blk.dtype in (types.float32, types.float64)
-        and blk.layout in "CF" and isinstance(p, types.Float)
-    ):
+    if not (_contiguous_float_vector(blk) and isinstance(p, types.Float)):
         return None
     dtype = blk.dtype
     name = f"v{LANES}{'f32' if dtype == types.float32 else 'f64'}"
@@ -103,7 +118,7 @@ def shifted_sums_f32(typingctx, blk, p):
             f"llvm.masked.load.{name}.p0")
         fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fmuladd.{name}")
         zero = ir.Constant(vec, [element(0.0)] * LANES)
-        n_acc = unroll(getattr(context.codegen(), "_tm_features", ""))
+        n_acc = unroll(context)
         acc_s, acc_q = [], []
         for _ in range(n_acc):
             for accs in (acc_s, acc_q):
@@ -111,15 +126,12 @@ def shifted_sums_f32(typingctx, blk, p):
                 builder.store(zero, slot)
                 accs.append(slot)
 
-        def load_vector(start):
-            return builder.load(builder.bitcast(builder.gep(arr.data, [start]), vec.as_pointer()), align=context.get_abi_sizeof(element))
-
         group = LANES * n_acc
         n_groups = builder.sdiv(n, intp(group))
         with cgutils.for_range(builder, n_groups) as loop:
             base = builder.mul(loop.index, intp(group))
             for u in range(n_acc):
-                _vector_step(builder, fmuladd, acc_s[u], acc_q[u], load_vector(builder.add(base, intp(u * LANES))), pv)
+                _vector_step(builder, fmuladd, acc_s[u], acc_q[u], _load_vector(context, builder, arr, builder.add(base, intp(u * LANES)), vec), pv)
 
         # The last, partial group: whole vectors, then one vector of fewer than LANES
         # elements whose missing lanes hold p (d = 0 there, which adds exactly nothing).
@@ -129,12 +141,12 @@ def shifted_sums_f32(typingctx, blk, p):
             with builder.if_then(builder.icmp_signed("<", start, n)):
                 with builder.if_else(builder.icmp_signed("<=", builder.add(start, intp(LANES)), n)) as (whole, partial):
                     with whole:
-                        _vector_step(builder, fmuladd, acc_s[u], acc_q[u], load_vector(start), pv)
+                        _vector_step(builder, fmuladd, acc_s[u], acc_q[u], _load_vector(context, builder, arr, start, vec), pv)
                     with partial:
                         lanes = builder.trunc(builder.sub(n, start), i32)  # 1 .. LANES - 1
                         mask = builder.icmp_signed("<", ir.Constant(ivec, list(range(LANES))), splat(lanes, ivec))
                         v = builder.call(masked_load, [
-                            builder.bitcast(builder.gep(arr.data, [start]), vec.as_pointer()), i32(context.get_abi_sizeof(element)), mask, pv])
+                            _vector_pointer(builder, arr, start, vec), i32(context.get_abi_sizeof(element)), mask, pv])
                         _vector_step(builder, fmuladd, acc_s[u], acc_q[u], v, pv)
 
         def total(accs):
@@ -153,15 +165,14 @@ def head_mean_f32(typingctx, blk):
     """The mean of ``blk``'s first :data:`LANES` elements (``blk`` must hold that many),
     summed in float64 by halving and rounded to ``blk``'s dtype: one vector load and a
     four-level tree, where a loop of dependent additions and a division took ~13 ns a row."""
-    if not (isinstance(blk, types.Array) and blk.ndim == 1 and blk.dtype in (types.float32, types.float64)
-            and blk.layout in "CF"):
+    if not _contiguous_float_vector(blk):
         return None
 
     def codegen(context, builder, signature, args):
         arr = context.make_array(signature.args[0])(context, builder, args[0])
         element = context.get_value_type(signature.args[0].dtype)
         vec = ir.VectorType(element, LANES)
-        v = builder.load(builder.bitcast(arr.data, vec.as_pointer()), align=context.get_abi_sizeof(element))
+        v = _load_vector(context, builder, arr, context.get_constant(types.intp, 0), vec)
         f64 = ir.DoubleType()
         if element != f64:
             v = builder.fpext(v, ir.VectorType(f64, LANES))
