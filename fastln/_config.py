@@ -70,7 +70,10 @@ MAX_CHUNKS = _env_int("FASTLN_MAX_CHUNKS", 16)
 
 #: Fewest elements a backward chunk holds: below this a chunk's partials cost more than
 #: the parallelism it buys.  (1 << 14 was measured for the torch bridge's chunks on torch's
-#: pool: no better at 64x512, worse at 1x128x768 with 8 chunks than with 4.)
+#: pool: worse at 1x128x768 with 8 chunks than with 4.)  One exception: work from
+#: ``SERIAL_BELOW`` up to two full chunks is split in two halves (:func:`fastln._api.chunking`),
+#: which torch's pool runs at once (the compiled glue) and Numba's pool runs one after the
+#: other (:func:`fastln._api.serial_backward`).
 MIN_CHUNK_ELEMS = _env_int("FASTLN_MIN_CHUNK_ELEMS", 1 << 15)
 
 #: Most bytes of float64 grad_weight/grad_bias partials (16 bytes a column a chunk): wide

@@ -246,3 +246,35 @@ def test_parameter_gradients_do_not_depend_on_the_thread_count():
     finally:
         numba.set_num_threads(n)
     assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+
+
+@pytest.mark.parametrize("shape", [(64, 512), (100, 300), (2, 20000)])
+def test_mid_size_backward_halves_keep_the_numpy_api_bits(shape):
+    """Work from the parallel threshold up to two full chunks is split in two halves: the
+    glue runs them at once on torch's pool, the NumPy API one after the other on Numba's
+    side; both sum the two partials in order, so the gradients are the same bits."""
+    import fastln
+    from fastln import _api, _config
+
+    rows, cols = shape
+    work = rows * (cols + _config.ROW_COST)
+    assert _config.SERIAL_BELOW <= work < 2 * _config.MIN_CHUNK_ELEMS
+    assert _api.chunking(rows, cols) == (2, (rows + 1) // 2) == tuple(_native_chunking(rows, cols))
+    assert _api.serial_backward(2, rows, cols)
+    x, w, b = _data(shape)
+    gy = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+    got = torch.autograd.grad(ft.layer_norm(xg, (cols,), wg, bg), (xg, wg, bg), gy)
+    _, mean, rstd = fastln.layer_norm_forward(x.numpy(), None, w.numpy(), b.numpy())
+    want = fastln.layer_norm_backward(gy.numpy(), x.numpy(), mean, rstd, w.numpy())
+    for g, v in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.numpy(), v)
+    ref = torch.autograd.grad(F.layer_norm(xg.double(), (cols,), wg.double(), bg.double()), (xg, wg, bg), gy.double())
+    for g, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(g, r.float(), rtol=1e-5, atol=1e-5 * float(r.abs().max()))
+
+
+def _native_chunking(rows, cols):
+    from fastln.torch import _native
+
+    return _native.chunking(rows, cols)

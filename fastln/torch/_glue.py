@@ -389,7 +389,8 @@ def _backward_direct(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, 
     n = dw.shape[0]
     n_chunks, rows_per_chunk = _api.chunking(rows, cols)
     _api._launch(
-        by_address.backward_serial, by_address.backward_parallel, n_chunks == 1, rows, rows * cols,
+        by_address.backward_serial, by_address.backward_parallel, _api.serial_backward(n_chunks, rows, cols),
+        rows, rows * cols,
         data, stat, gy.data_ptr(), h.data_ptr(), mean.data_ptr() if centered else 0, rstd.data_ptr(),
         0 if weight is None else weight.data_ptr(), 0 if gres is None else gres.data_ptr(),
         gx.data_ptr(), dw.data_ptr(), db.data_ptr(), rows, cols, rows if centered else 0,

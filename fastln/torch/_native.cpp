@@ -97,7 +97,10 @@ bool use_columns(int64_t rows, int64_t cols, bool backward) {
 // what makes the parameter gradients bitwise the same for any thread count.
 std::pair<int64_t, int64_t> chunking(int64_t rows, int64_t cols) {
   const int64_t work = rows * (cols + cfg.row_cost);
-  if (work < 2 * cfg.min_chunk_elems) return {1, std::max<int64_t>(rows, 1)};
+  if (work < 2 * cfg.min_chunk_elems) {  // one chunk, or two halves of work parallel() takes
+    if (work >= cfg.serial_below && rows >= 2) return {2, (rows + 1) / 2};
+    return {1, std::max<int64_t>(rows, 1)};
+  }
   const int64_t cap = std::min({cfg.max_chunks, rows, std::max<int64_t>(2, cfg.max_partial_bytes / std::max<int64_t>(16 * cols, 1))});
   int64_t n = std::max<int64_t>(1, std::min(cap, work / cfg.min_chunk_elems));
   if (n > 1 && n % 2) n += n < cap ? 1 : -1;  // an even count keeps 2 (or 4) threads equally busy
