@@ -10,7 +10,8 @@ import pytest
 
 from fastln import bench
 
-IMPLS = ["fastln", "fastln out=", "torch", "torch.compile", "onnxruntime", "jax", "numpy", "copy", "copy reused"]
+IMPLS = ["fastln", "fastln out=", "torch", "torch.compile", "onnxruntime", "jax", "numpy", "copy", "copy reused",
+         "elementwise reused"]
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -11,9 +11,14 @@ residual-add norm), one pass (forward or backward), one shape and one dtype.  Fo
   ``torch.compile`` (inductor), ONNX Runtime's ``LayerNormalization``/``RMSNormalization``
   and JAX's jitted formula (forwards, float32 and float64);
 - **numpy**: the formula users write by hand;
-- two memory ceilings for forwards: **copy** (a parallel copy into a fresh array, which pays
-  the page faults of a new output, as fastln's allocating forward does) and **copy reused**
-  (into a reused buffer: the hardware's ceiling, the one ``fastln out=`` is held against).
+- three ceilings for forwards: **copy** (a parallel copy into a fresh array, which pays
+  the page faults of a new output, as fastln's allocating forward does), **copy reused**
+  (into a reused buffer: the hardware's ceiling, the one ``fastln out=`` is held against),
+  and **elementwise reused**: the norm's element-wise work alone, without its statistics
+  (``y = x * w + b``; RMSNorm ``y = x * w``; the add-norms ``h = x + r`` first), into reused
+  buffers.  A forward that sweeps a row at a time reads ``w`` and ``b`` beside every row; once
+  a row, ``w``, ``b`` and ``y`` outgrow the L1 cache they come from L2 again for every row, and
+  this pass, which cannot be beaten by a better reduction, shows what that costs on the machine.
 
 Timing survives a noisy machine: implementations are timed in interleaved rounds (so a busy
 neighbour slows them alike), each round a warm-up and a burst; a round in which any
@@ -149,9 +154,42 @@ def numpy_backward(gy, x, mean, rstd, w, centered=True):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _parallel_copy(x, y):
+    """``y[:] = x`` by rows in parallel, in a vector loop of the kind the kernels run.
+
+    Not a plain ``y[i, j] = x[i, j]``: LLVM turns that into a ``memcpy`` call per row, and
+    glibc copies rows from 8 KiB (its ``rep movsb`` threshold with AVX-512) with ``rep movsb``,
+    whose speed on this AMD CPU depended on the two buffers' alignment: 16 MiB of float32
+    took 550-928 us by ``memcpy`` against 329-372 us in a vector loop at 2048-16384 columns
+    (level at 1024 columns and at 4 or 64 MiB), so the ceiling moved from one allocation
+    to the next.  Adding ``0.0`` (not an identity for LLVM: it turns -0.0 into +0.0) keeps the
+    loop a loop, one vector load and store per vector, as in the kernels' own sweeps."""
+    zero = x.dtype.type(0)
     for i in numba.prange(x.shape[0]):
-        for j in range(x.shape[1]):
-            y[i, j] = x[i, j]
+        xr = x[i]
+        yr = y[i]
+        for j in range(xr.shape[0]):
+            yr[j] = xr[j] + zero
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def _elementwise_pass(x, r, w, b, y, h):
+    """The norm's element-wise work without statistics, into reused ``y`` (and ``h``):
+    ``h = x + r`` when ``r`` has rows, then ``y = h * w + b`` (``w``/``b`` of length 0: absent)."""
+    for i in numba.prange(x.shape[0]):
+        xr = x[i]
+        if r.shape[0] != 0:
+            hr = h[i]
+            rr = r[i]
+            for j in range(xr.shape[0]):
+                hr[j] = xr[j] + rr[j]
+            xr = hr
+        yr = y[i]
+        if b.shape[0] != 0:
+            for j in range(xr.shape[0]):
+                yr[j] = xr[j] * w[j] + b[j]
+        else:
+            for j in range(xr.shape[0]):
+                yr[j] = xr[j] * w[j]
 
 
 def copy_roofline(x):
@@ -295,8 +333,11 @@ def _numpy(case, x, w, b, gy, r):
 def _copies(case, x, w, b, gy, r):
     if case.direction != "forward":
         return {}
-    buf = np.empty_like(x)
-    return {"copy": lambda: copy_roofline(x), "copy reused": lambda: _parallel_copy(x, buf)}
+    buf, y, h = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    r2 = r if case.residual else r[:0]
+    b2 = b if case.centered else b[:0]
+    return {"copy": lambda: copy_roofline(x), "copy reused": lambda: _parallel_copy(x, buf),
+            "elementwise reused": lambda: _elementwise_pass(x, r2, w, b2, y, h)}
 
 
 #: Peers: (name, module that must import, maker, supported dtypes).  Forwards only.
@@ -305,7 +346,7 @@ PEERS = [
     ("onnxruntime", "onnxruntime", _onnxruntime, ("float32", "float64")),
     ("jax", "jax", _jax, ("float32", "float64")),
 ]
-CEILINGS = ("copy", "copy reused")
+CEILINGS = ("copy", "copy reused", "elementwise reused")
 
 
 def makers(case: Case, inputs, peers: bool = False) -> dict[str, Callable]:
@@ -403,6 +444,7 @@ class Row:
     speedup_spread: list | None = None  # [min, p25, p75, max] of the per-round ratio
     fraction_of_copy: float | None = None
     fraction_of_reused_copy: float | None = None
+    fraction_of_elementwise: float | None = None  # of the "elementwise reused" pass
     max_abs_error: float | None = None
     rounds_kept: int = 0
     noisy: bool = False
@@ -494,6 +536,8 @@ def measure(case: Case, fns: dict[str, Callable], rounds: int) -> list[Row]:
             row.fraction_of_copy = med["copy"] / med[impl]
         if "copy reused" in med and impl not in CEILINGS:
             row.fraction_of_reused_copy = med["copy reused"] / med[impl]
+        if "elementwise reused" in med and impl not in CEILINGS:
+            row.fraction_of_elementwise = med["elementwise reused"] / med[impl]
         if noisy:
             row.note = "noisy machine: bursts disagreed (or load was high) in two attempts"
         rows.append(row)

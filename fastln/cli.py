@@ -153,7 +153,8 @@ def _table(report):
 
     t = Table(title="fastln vs torch, its peers and numpy (medians of interleaved bursts; "
                     "ratio = torch time / impl time, [min-max] over kept rounds)")
-    for col in ("norm", "shape", "dtype", "pass", "impl", "time", "GB/s", "vs torch", "of copy", "max err"):
+    for col in ("norm", "shape", "dtype", "pass", "impl", "time", "GB/s", "vs torch", "of copy", "of elementwise",
+                "max err"):
         t.add_column(col, justify="right")
 
     def fmt(v, spec):
@@ -167,12 +168,14 @@ def _table(report):
         of_copy = r.fraction_of_reused_copy if r.impl == "fastln out=" else r.fraction_of_copy
         t.add_row(
             r.norm, "x".join(map(str, r.shape)), r.dtype, r.direction, r.impl + (" (noisy)" if r.noisy else ""),
-            _fmt_time(r.median_s), f"{r.gb_per_s:.1f}", ratio, fmt(of_copy, ".2f"), fmt(r.max_abs_error, ".1e"),
+            _fmt_time(r.median_s), f"{r.gb_per_s:.1f}", ratio, fmt(of_copy, ".2f"),
+            fmt(r.fraction_of_elementwise if r.impl == "fastln out=" else None, ".2f"), fmt(r.max_abs_error, ".1e"),
             style="yellow" if r.noisy else None,
         )
     t.caption = ("GB/s: forward 2*bytes(x)/t (4x for add-norms: x, r in, y, h out), backward 3*bytes(x)/t. "
                  "'of copy': fraction of an allocating parallel copy; for 'fastln out=' of a copy into "
-                 "a reused buffer.")
+                 "a reused buffer.  'of elementwise': 'fastln out=' as a fraction of the norm's element-wise "
+                 "work alone (y = x*w + b, no statistics) into a reused buffer.")
     return t
 
 
@@ -184,7 +187,7 @@ def _fmt_time(s: float) -> str:
 COLOURS = {
     "fastln": "tab:blue", "fastln out=": "tab:cyan", "torch": "tab:orange", "torch.compile": "tab:red",
     "onnxruntime": "tab:purple", "jax": "tab:green", "numpy": "tab:gray", "copy": "tab:brown",
-    "copy reused": "tab:olive",
+    "copy reused": "tab:olive", "elementwise reused": "tab:pink",
 }
 
 
@@ -224,7 +227,7 @@ def plot(data: dict, path: Path) -> None:
         axes[k, 0].set_ylabel("us per call (lower is better)")
         axes[k, 0].set_title(f"{norm} {direction}: time per call")
         axes[k, 1].set_ylabel("GB/s (higher is better)")
-        axes[k, 1].set_title(f"{norm} {direction}: bandwidth (copy, copy reused = memory ceilings)")
+        axes[k, 1].set_title(f"{norm} {direction}: bandwidth (copy, copy reused, elementwise reused = ceilings)")
     m = data.get("machine", {})
     fig.suptitle(f"fastln {m.get('fastln', '')}, {m.get('threads', '?')} threads, {m.get('processor', '')}"
                  " (hatched: noisy)")

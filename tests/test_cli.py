@@ -43,15 +43,15 @@ def test_bench_writes_table_json_and_png(tmp_path, tiny_bench, capsys):
         for shape in shapes:
             for direction in ("forward", "backward"):
                 assert {(norm, shape, direction, i) for i in ("fastln", "torch", "numpy")} <= impls
-            assert {(norm, shape, "forward", i) for i in ("fastln out=", "copy", "copy reused")} <= impls
+            assert {(norm, shape, "forward", i) for i in ("fastln out=", *bench.CEILINGS)} <= impls
     for norm in ("add_layer_norm", "add_rms_norm"):
         assert (norm, (16, 32), "forward", "fastln") in impls
-    ceilings = [r for r in rows if r["impl"].startswith("copy")]
+    ceilings = [r for r in rows if r["impl"] in bench.CEILINGS]
     assert {r["direction"] for r in ceilings} == {"forward"}, "the ceilings are forward references"
     for r in rows:
         assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and r["gb_per_s"] > 0
         assert 1 <= r["rounds_kept"] <= 3 and isinstance(r["noisy"], bool)
-        assert (r["speedup_vs_torch"] is None) == r["impl"].startswith("copy")
+        assert (r["speedup_vs_torch"] is None) == (r["impl"] in bench.CEILINGS)
         if r["speedup_vs_torch"] is not None:
             lo, q1, q3, hi = r["speedup_spread"]
             assert lo <= q1 <= r["speedup_vs_torch"] <= q3 <= hi
@@ -59,7 +59,7 @@ def test_bench_writes_table_json_and_png(tmp_path, tiny_bench, capsys):
             assert 0 <= r["max_abs_error"] < 1e-5
             assert r["fraction_of_copy"] > 0
         if r["impl"] == "fastln out=":
-            assert r["fraction_of_reused_copy"] > 0
+            assert r["fraction_of_reused_copy"] > 0 and r["fraction_of_elementwise"] > 0
     # GB/s in Triton's convention: forward 2 arrays, backward 3 (4 for an add-norm forward).
     for r in rows:
         n = 4 * r["shape"][0] * r["shape"][1]
@@ -75,7 +75,7 @@ def test_bench_without_torch_compares_with_numpy_only(tmp_path, tiny_bench, monk
     assert cli.main(argv) == 0
     assert "torch is not installed" in capsys.readouterr().out
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert {r["impl"] for r in data["results"]} == {"fastln", "fastln out=", "numpy", "copy", "copy reused"}
+    assert {r["impl"] for r in data["results"]} == {"fastln", "fastln out=", "numpy", *bench.CEILINGS}
     assert all(r["speedup_vs_torch"] is None for r in data["results"])
     assert data["notes"]
 
@@ -165,6 +165,25 @@ def test_peers_compute_the_same_norm(norm):
             ran += 1
     if not ran:
         pytest.skip("no peer installed")
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_elementwise_ceiling_does_the_norms_elementwise_work(residual, bias):
+    """The "elementwise reused" ceiling computes the norm's element-wise part, no statistics:
+    h = x + r for the add-norms, then y = h * w (+ b for the centred norms)."""
+    x, w, b, _, r = bench.make_inputs((33, 70), "float32")
+    y, h = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    bench._elementwise_pass(x, r if residual else r[:0], w, b if bias else b[:0], y, h)
+    x64, r64, w64, b64 = (a.astype(np.float64) for a in (x, r, w, b))
+    h64 = x64 + r64 if residual else x64
+    np.testing.assert_allclose(y, h64 * w64 + (b64 if bias else 0.0), rtol=1e-6, atol=1e-6)
+    if residual:
+        np.testing.assert_array_equal(h, x + r)
+    else:
+        assert np.isnan(h).all()  # untouched
+    case = bench.Case("add_layer_norm" if residual else "layer_norm", "forward", (33, 70), "float32")
+    assert "elementwise reused" in bench.makers(case, bench.make_inputs(case.shape, case.dtype))
 
 
 def test_bench_cuda_on_cpu_machine_is_a_clear_error(capsys):

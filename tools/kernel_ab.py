@@ -43,7 +43,13 @@ so the comparison survives a noisy machine better than two separate runs).
   order written out, a one-vector pivot, rows under ``layer_norm.F32_MIN_COLS`` on the
   float64 blocks); both on every thread, as fractions of the reused copy and the speed-up.
 
-``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes`` picks sections.
+- **ceiling**: the forward with weight and bias into a reused buffer, and without them, as
+  fractions of the reused copy, beside the element-wise pass alone (``y = x * w + b``, no
+  statistics: ``fastln.bench``'s "elementwise reused" ceiling), at 4-8 MiB (in the L3 cache),
+  16 MiB (x and y fill this machine's 32 MiB L3, where copy and kernel land in it or in
+  memory from one round to the next) and 64 MiB (in memory, outputs streamed).
+
+``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling`` picks sections.
 """
 
 import argparse
@@ -127,11 +133,12 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes")
+    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling")
     p.add_argument("--pair-bytes", type=int, default=K.PAIR_FORWARD_ROW_BYTES)
     a = p.parse_args()
     only = set(a.only.split(","))
-    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "hot", "flush", "lanes"):
+    for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "hot", "flush", "lanes",
+                    "ceiling"):
         if section in only:
             if section == "pairs":
                 _pairs(a.rounds, a.pair_bytes)
@@ -172,6 +179,40 @@ def _wide(rounds):
     for shape in [(4096, 1024), (2048, 2048), (64, 65536)]:
         frac, _ = _case(shape, {"with": (kernel, True), "without": (kernel, False)}, rounds)
         print(f"| {shape[0]}x{shape[1]} | {frac['with']:.2f} | {frac['without']:.2f} |", flush=True)
+
+
+def _ceiling(rounds):
+    print("\nceiling: forward float32 out=, fraction of the reused-buffer copy [interquartile range]")
+    print("| shape | MiB | element-wise pass alone | forward with weight and bias | without | with, of the pass |")
+    print("|---|---|---|---|---|---|")
+    for shape in [(1024, 1024), (512, 2048), (256, 4096), (4096, 1024), (2048, 2048), (1024, 4096), (256, 16384),
+                  (16384, 1024), (4096, 4096), (1024, 16384)]:
+        kept = _ceiling_case(shape, rounds)
+
+        def cell(a, b, kept=kept):
+            q = kept[a] / kept[b]
+            return f"{np.median(q):.2f} [{np.percentile(q, 25):.2f}-{np.percentile(q, 75):.2f}]"
+
+        print(f"| {shape[0]}x{shape[1]} | {shape[0] * shape[1] * 4 >> 20} | {cell('copy', 'pass')} | "
+              f"{cell('copy', 'with')} | {cell('copy', 'without')} | {cell('pass', 'with')} |", flush=True)
+
+
+def _ceiling_case(shape, rounds):
+    """Kept samples of the reused copy, the element-wise pass, and the forward into a reused
+    buffer with and without weight and bias."""
+    rows, cols = shape
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) + 3
+    y, y_copy, y_pass = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    w = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
+    b = np.random.default_rng(2).standard_normal(cols).astype(np.float32)
+    none = np.empty((0, cols), np.float32)
+    fns = {"copy": lambda: bench._parallel_copy(x, y_copy),
+           "pass": lambda: bench._elementwise_pass(x, none, w, b, y_pass, none),
+           "with": lambda: fastln.layer_norm(x, None, w, b, out=y),
+           "without": lambda: fastln.layer_norm(x, out=y)}
+    for f in fns.values():
+        f()
+    return bench.kept_samples(fns, rounds)[0]
 
 
 SHAPES = [(64, 65536), (256, 16384), (512, 8192), (1024, 4096), (2048, 2048), (4096, 1024), (512, 768), (2048, 256)]

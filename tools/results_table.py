@@ -4,7 +4,8 @@
 
 One table per norm and pass: each implementation's median time with its ratio to torch (the
 per-round ratio's median and [min-max] over the kept rounds), GB/s, and for forwards the
-fraction of the memory ceilings; rows flagged noisy are marked.
+fraction of the ceilings (allocating copy, reused copy, the element-wise pass); rows flagged
+noisy are marked.
 """
 
 import json
@@ -28,11 +29,12 @@ def table(data: dict) -> str:
     for norm, direction in dict.fromkeys((r["norm"], r["direction"]) for r in rows):
         sel = [r for r in rows if r["norm"] == norm and r["direction"] == direction]
         impls = [i for i in dict.fromkeys(r["impl"] for r in sel)]
-        ceilings = [i for i in impls if i.startswith("copy")]
+        ceilings = [i for i in impls if i in ("copy", "copy reused", "elementwise reused")]
         impls = [i for i in impls if i not in ceilings and i != "numpy"]
         out.append(f"**{norm} {direction}** (time, speedup vs torch [min-max over rounds], GB/s)")
         out.append("")
-        head = ["shape", "dtype"] + impls + (["fastln of copy / out= of reused copy"] if ceilings else [])
+        head = ["shape", "dtype"] + impls + (["fastln of copy / out= of reused copy / out= of elementwise"]
+                                             if ceilings else [])
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         by = {(tuple(r["shape"]), r["dtype"], r["impl"]): r for r in sel}
@@ -49,7 +51,8 @@ def table(data: dict) -> str:
                 f, o = by.get((shape, dtype, "fastln")), by.get((shape, dtype, "fastln out="))
                 a = f"{f['fraction_of_copy']:.2f}" if f and f.get("fraction_of_copy") else "-"
                 b = f"{o['fraction_of_reused_copy']:.2f}" if o and o.get("fraction_of_reused_copy") else "-"
-                cells.append(f"{a} / {b}")
+                c = f"{o['fraction_of_elementwise']:.2f}" if o and o.get("fraction_of_elementwise") else "-"
+                cells.append(f"{a} / {b} / {c}")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     m = data["machine"]
