@@ -17,8 +17,8 @@ residual-add norm), one pass (forward or backward), one shape and one dtype.  Fo
   and **elementwise reused**: the norm's element-wise work alone, without its statistics
   (``y = x * w + b``; RMSNorm ``y = x * w``; the add-norms ``h = x + r`` first), into reused
   buffers.  A forward that sweeps a row at a time reads ``w`` and ``b`` beside every row; once
-  a row, ``w``, ``b`` and ``y`` outgrow the L1 cache they come from L2 again for every row, and
-  this pass, which cannot be beaten by a better reduction, shows what that costs on the machine.
+  a row, ``w``, ``b`` and ``y`` outgrow the L1 cache they come from L2 again for every row.
+  This pass pays that and nothing else: what no better statistics can win back.
 
 Timing survives a noisy machine: implementations are timed in interleaved rounds (so a busy
 neighbour slows them alike), each round a warm-up and a burst; a round in which any

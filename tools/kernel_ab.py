@@ -45,9 +45,9 @@ so the comparison survives a noisy machine better than two separate runs).
 
 - **ceiling**: the forward with weight and bias into a reused buffer, and without them, as
   fractions of the reused copy, beside the element-wise pass alone (``y = x * w + b``, no
-  statistics: ``fastln.bench``'s "elementwise reused" ceiling), at 4-8 MiB (in the L3 cache),
-  16 MiB (x and y fill this machine's 32 MiB L3, where copy and kernel land in it or in
-  memory from one round to the next) and 64 MiB (in memory, outputs streamed).
+  statistics: ``fastln.bench``'s "elementwise reused" ceiling), with x of 4 MiB (in the L3
+  cache), 16 MiB (x and y together fill this machine's 32 MiB L3) and 64 MiB (in memory; the
+  forward streams its output there).
 
 ``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling`` picks sections.
 """
