@@ -141,9 +141,9 @@ def chunking(rows: int, cols: int) -> tuple[int, int]:
     if work < 2 * _config.MIN_CHUNK_ELEMS:  # fast path: small inputs are one chunk, or two halves
         # Work the launch rule would run in parallel, but too little for two full chunks, is
         # split in halves: on torch's pool (the compiled glue) the two run at once, where one
-        # chunk left torch's second thread idle (64x512 forward+backward through the bridge:
-        # 0.88-0.89x torch's time with one chunk, 0.98-1.04x with two; Numba's pool runs them
-        # serially, see serial_backward).
+        # chunk left torch's second thread idle (64x512 forward+backward through the bridge,
+        # torch's time over fastln's: 0.88-0.89 with one chunk, 0.98-1.04 with two; Numba's
+        # pool runs them serially, see serial_backward).
         if work >= _config.SERIAL_BELOW and rows >= 2:
             return 2, -(-rows // 2)
         return 1, max(rows, 1)
