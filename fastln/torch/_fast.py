@@ -27,10 +27,11 @@ norm = None
 forward_half = backward_half = None
 
 
-def _backward(grad_y, grad_res, h, mean, rstd, weight, normalized_shape, eps, centered, needs):
+def _backward(grad_y, grad_res, h, mean, rstd, weight, normalized_shape, eps, centered, needs, params_f32=False):
     """The Python backward, for what the compiled one does not take: a graph of the
     gradient (double backward) or gradients of an unusual kind.  ``(gx, gr, gw, gb)``;
-    every input of the fast path has ``h``'s dtype."""
+    the inputs of the fast path have ``h``'s dtype, except float32 weight and bias of
+    half-precision data (``params_f32``)."""
     import torch
 
     from fastln.torch import functional
@@ -40,12 +41,14 @@ def _backward(grad_y, grad_res, h, mean, rstd, weight, normalized_shape, eps, ce
         t is not None and functional._is_wrapped(t) for t in (grad_y, grad_res)
     )
     dt = h.dtype
+    pdt = torch.float32 if params_f32 else dt
     return functional._gradients(grad_y, grad_res, h, mean, rstd, weight, tuple(normalized_shape), rows,
-                                 h.numel() // rows, eps, centered, needs, (dt, dt, dt, dt), composite)
+                                 h.numel() // rows, eps, centered, needs, (dt, dt, pdt, pdt), composite)
 
 
 def _load():
     global norm, forward_half, backward_half, WHY_NOT
+    norm = forward_half = backward_half = WHY_NOT = None
     if not _config.NATIVE:
         WHY_NOT = "turned off (FASTLN_NATIVE=0)"
         return
@@ -54,12 +57,17 @@ def _load():
     except ImportError as exc:  # not built, or built against another torch
         WHY_NOT = f"not built or not loadable ({exc})"
         return
-    from fastln.cpu import entries
+    from fastln.cpu import _half, entries
 
-    _native.configure(
-        entries.address, _backward, _config.SERIAL_BELOW, _config.ROW_COST, _config.COL_SPLIT_MIN,
-        _config.MAX_CHUNKS, _config.MAX_PARTIAL_BYTES, _config.MIN_CHUNK_ELEMS,
-    )
+    try:
+        _native.configure(
+            entries.address, _backward, _config.SERIAL_BELOW, _config.ROW_COST, _config.COL_SPLIT_MIN,
+            _config.MAX_CHUNKS, _config.MAX_PARTIAL_BYTES, _config.MIN_CHUNK_ELEMS,
+            _half.BFLOAT16, _half.FLOAT16 if _half.FLOAT16_IN_KERNEL else -1,
+        )
+    except TypeError as exc:  # an extension built from other sources (an editable install not rebuilt)
+        WHY_NOT = f"built from another version of fastln/torch/_native.cpp; reinstall to rebuild it ({exc})"
+        return
     norm = _native.norm
     forward_half = _native.forward_half
     backward_half = _native.backward_half

@@ -8,8 +8,9 @@
 // a microsecond.  Parallel work runs on torch's own thread pool.
 //
 // It takes only the common case: plain (not subclassed, not Python-dispatched) contiguous
-// CPU float32/float64 tensors of one dtype, int/sequence normalized_shape, a float eps, row
-// kernels.  Anything else returns None, and the Python bridge (fastln/torch/functional.py)
+// CPU float32/float64 tensors of one dtype, or bfloat16/float16 ones (converted in the
+// kernels) with parameters of their dtype or float32 (torch's mixed-precision rule),
+// int/sequence normalized_shape, a float eps, row kernels.  Anything else returns None, and the Python bridge (fastln/torch/functional.py)
 // takes the call with its full checks and torch's errors; so does a backward that must build
 // a graph (create_graph=True).  The kernels are the Python path's, so results are bitwise
 // the same.  The serial/parallel choice and the backward chunking are fastln._api's,
@@ -58,6 +59,9 @@ struct Config {
   bool configured = false;
   int64_t serial_below = 0, row_cost = 0, col_split_min = 0, max_chunks = 1;
   int64_t max_partial_bytes = 0, min_chunk_elems = 1;
+  // fastln.cpu._half's format codes of the half types converted in the kernels, -1 for
+  // none (float16 without the CPU's conversion instructions goes to the Python bridge).
+  int64_t fmt_bf16 = -1, fmt_f16 = -1;
   std::atomic<int64_t> entries[8] = {};
   // Python callables, kept for the life of the process (never decref'd: they must outlive
   // every autograd node, and static destructors run after the interpreter is gone).
@@ -79,6 +83,19 @@ int64_t entry_at(int i) {
 int64_t entry(bool f64, Kind kind) { return entry_at(3 * (f64 ? 1 : 0) + kind); }
 
 int64_t addr(const Tensor& t) { return t.defined() ? reinterpret_cast<int64_t>(t.data_ptr()) : 0; }
+
+// The kernels' format code of a half type, -1 for any other dtype or one they do not take.
+int64_t half_fmt(at::ScalarType dt) {
+  if (dt == at::kBFloat16) return cfg.fmt_bf16;
+  if (dt == at::kHalf) return cfg.fmt_f16;
+  return -1;
+}
+
+// A parameter as the half kernels read it: float32 (a copy for a half-precision parameter).
+Tensor as_float32(const Tensor* t) {
+  if (!t) return Tensor();
+  return t->scalar_type() == at::kFloat ? *t : t->to(at::kFloat);
+}
 
 // fastln._api._launch's rule: serial for one task or little work, else parallel.  Parallel
 // work runs on torch's intra-op pool (at::parallel_for), not Numba's: after a torch op its
@@ -204,32 +221,6 @@ void over_rows(int64_t rows, int64_t cols, const RowsFrom& rows_from) {
   }
 }
 
-// The forward kernel on checked tensors.  `keep_stats`: allocate mean/rstd for a backward
-// (else the kernel keeps them in scratch of its own).  Called with the GIL held: released
-// around parallel work, as Numba's nogil dispatch does for the Python bridge.
-Forward run_forward(const Tensor& x, const Tensor* res, const Tensor* w, const Tensor* b, double eps,
-                    bool centered, int64_t rows, int64_t cols, bool keep_stats) {
-  Forward o;
-  const at::ScalarType dt = x.scalar_type();
-  o.y = empty(x.sizes(), dt);
-  if (res) o.h = empty(x.sizes(), dt);
-  if (keep_stats) {
-    o.mean = empty({centered ? rows : 0}, dt);  // statistics in the data's dtype (float32/64)
-    o.rstd = empty({rows}, dt);
-  }
-  auto fn = reinterpret_cast<ForwardFn>(entry(dt == at::kDouble, FORWARD));
-  const int64_t es = x.element_size();
-  const bool stats = keep_stats;
-  auto rows_from = [&](int64_t begin, int64_t end) {  // rows are independent: any split gives the same bits
-    const int64_t off = begin * cols * es, soff = begin * es, n = end - begin;
-    fn(addr(x) + off, res ? addr(*res) + off : 0, w ? addr(*w) : 0, b ? addr(*b) : 0, addr(o.y) + off,
-       res ? addr(o.h) + off : 0, stats && centered ? addr(o.mean) + soff : 0, stats ? addr(o.rstd) + soff : 0,
-       n, cols, res ? 1 : 0, w ? cols : 0, b ? cols : 0, stats && centered ? n : 0, eps, centered ? 1 : 0);
-  };
-  over_rows(rows, cols, rows_from);
-  return o;
-}
-
 // The Python bridge's half-precision forward (bfloat16/float16 bits converted in the kernel,
 // float32 weight, bias and statistics), its buffers checked and allocated in Python
 // (fastln/torch/_glue.py), run here so that its parallel work is on torch's pool as the
@@ -250,9 +241,9 @@ void forward_half(int64_t x, int64_t res, int64_t w, int64_t b, int64_t y, int64
 // gradient and grad_x; float32 statistics, weight, grad_weight and grad_bias), buffers
 // checked and allocated in Python: fastln._api's fixed chunks on torch's pool, then the float32
 // reduction of the float64 partials in chunk order, the Numba kernel's bits.
-void backward_half(int64_t gy, int64_t x, int64_t mean, int64_t rstd, int64_t w, int64_t gres, int64_t gx,
-                   int64_t dw, int64_t db, int64_t rows, int64_t cols, int64_t n_w, bool has_gres, int64_t n,
-                   bool centered, int64_t fmt) {
+void backward_half_run(int64_t gy, int64_t x, int64_t mean, int64_t rstd, int64_t w, int64_t gres, int64_t gx,
+                       int64_t dw, int64_t db, int64_t rows, int64_t cols, int64_t n_w, bool has_gres, int64_t n,
+                       bool centered, int64_t fmt) {
   if (rows <= 0) return;
   const Partials p(rows, cols, n);
   auto chunks = reinterpret_cast<ChunksHalfFn>(entry_at(BACKWARD_HALF_ENTRY));
@@ -262,9 +253,62 @@ void backward_half(int64_t gy, int64_t x, int64_t mean, int64_t rstd, int64_t w,
            centered ? rows : 0, n_w, has_gres ? 1 : 0, n, p.n_chunks, p.rows_per_chunk, first, stop,
            centered ? 1 : 0, fmt);
   };
-  py::gil_scoped_release nogil;  // called from Python, unlike the autograd node's backward
   p.run(rows, cols, chunks_from);
   if (n) reduce(p.dwp, p.dbp, dw, db, p.n_chunks, n);
+}
+
+// backward_half_run called from Python (the GIL released around it; the autograd node's
+// backward runs without the GIL and calls backward_half_run itself).
+void backward_half(int64_t gy, int64_t x, int64_t mean, int64_t rstd, int64_t w, int64_t gres, int64_t gx,
+                   int64_t dw, int64_t db, int64_t rows, int64_t cols, int64_t n_w, bool has_gres, int64_t n,
+                   bool centered, int64_t fmt) {
+  py::gil_scoped_release nogil;
+  backward_half_run(gy, x, mean, rstd, w, gres, gx, dw, db, rows, cols, n_w, has_gres, n, centered, fmt);
+}
+
+// The forward on checked bfloat16/float16 tensors: fastln.torch._glue.forward_impl's half
+// path (float32 statistics, always kept: the half kernel writes them).
+Forward run_forward_half(const Tensor& x, const Tensor* res, const Tensor* w, const Tensor* b, double eps,
+                         bool centered, int64_t rows, int64_t cols, int64_t fmt) {
+  Forward o;
+  const at::ScalarType dt = x.scalar_type();
+  o.y = empty(x.sizes(), dt);
+  if (res) o.h = empty(x.sizes(), dt);
+  o.mean = empty({centered ? rows : 0}, at::kFloat);
+  o.rstd = empty({rows}, at::kFloat);
+  const Tensor w32 = as_float32(w), b32 = as_float32(b);
+  forward_half(addr(x), res ? addr(*res) : 0, addr(w32), addr(b32), addr(o.y), res ? addr(o.h) : 0,
+               centered ? addr(o.mean) : 0, addr(o.rstd), rows, cols, res != nullptr, w ? cols : 0, b ? cols : 0,
+               centered, eps, fmt);
+  return o;
+}
+
+// The forward kernel on checked tensors.  `keep_stats`: allocate mean/rstd for a backward
+// (else the kernel keeps them in scratch of its own).  Called with the GIL held: released
+// around parallel work, as Numba's nogil dispatch does for the Python bridge.
+Forward run_forward(const Tensor& x, const Tensor* res, const Tensor* w, const Tensor* b, double eps,
+                    bool centered, int64_t rows, int64_t cols, bool keep_stats) {
+  Forward o;
+  const at::ScalarType dt = x.scalar_type();
+  const int64_t fmt = half_fmt(dt);
+  if (fmt >= 0) return run_forward_half(x, res, w, b, eps, centered, rows, cols, fmt);
+  o.y = empty(x.sizes(), dt);
+  if (res) o.h = empty(x.sizes(), dt);
+  if (keep_stats) {
+    o.mean = empty({centered ? rows : 0}, dt);  // statistics in the data's dtype (float32/64)
+    o.rstd = empty({rows}, dt);
+  }
+  auto fn = reinterpret_cast<ForwardFn>(entry(dt == at::kDouble, FORWARD));
+  const int64_t es = x.element_size();
+  const bool stats = keep_stats;
+  auto rows_from = [&](int64_t begin, int64_t end) {  // rows are independent: any split gives the same bits
+    const int64_t off = begin * cols * es, soff = begin * es, n = end - begin;
+    fn(addr(x) + off, res ? addr(*res) + off : 0, w ? addr(*w) : 0, b ? addr(*b) : 0, addr(o.y) + off,
+       res ? addr(o.h) + off : 0, stats && centered ? addr(o.mean) + soff : 0, stats ? addr(o.rstd) + soff : 0,
+       n, cols, res ? 1 : 0, w ? cols : 0, b ? cols : 0, stats && centered ? n : 0, eps, centered ? 1 : 0);
+  };
+  over_rows(rows, cols, rows_from);
+  return o;
 }
 
 std::optional<Tensor> maybe(const Tensor* t) { return t ? std::optional<Tensor>(*t) : std::nullopt; }
@@ -280,7 +324,10 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
     Forward o = run_forward(x, r, w ? &*w : nullptr, b ? &*b : nullptr, eps, centered, rows, cols, true);
     ctx->save_for_backward({r ? o.h : x, o.mean, o.rstd, w ? *w : Tensor()});
     // Three entries (a string-keyed map: each costs a hash and an allocation).
-    ctx->saved_data["args"] = std::vector<int64_t>{rows, cols, centered, r != nullptr, w.has_value(), b.has_value()};
+    const bool params_f32 = x.scalar_type() != at::kFloat && ((w && w->scalar_type() == at::kFloat) ||
+                                                               (b && b->scalar_type() == at::kFloat));
+    ctx->saved_data["args"] = std::vector<int64_t>{rows, cols, centered, r != nullptr, w.has_value(), b.has_value(),
+                                                   params_f32};
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["norm"] = std::move(norm);
     if (r) return {o.y, o.h};
@@ -307,6 +354,7 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
              !g.unsafeGetTensorImpl()->is_python_dispatch() && !g.is_neg();
     };
     variable_list out(9);
+    const bool params_f32 = args[6] != 0;  // float32 parameters of half-precision data
     if (torch::autograd::GradMode::is_enabled() || !usable(gy) || (gres.defined() && !usable(gres))) {
       // A graph of the gradient is asked for (double backward), or gradients of an unusual
       // kind: the Python bridge's backward, which handles both.
@@ -314,7 +362,7 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
       py::tuple got = py::reinterpret_borrow<py::object>(cfg.fallback)(
           gy, gres.defined() ? py::cast(gres) : py::none(), h, mean, rstd, w.defined() ? py::cast(w) : py::none(),
           py::tuple(py::cast(norm)), ctx->saved_data["eps"].toDouble(), centered,
-          py::make_tuple(need_x, need_r, need_w, need_b));
+          py::make_tuple(need_x, need_r, need_w, need_b), params_f32);
       for (int i = 0; i < 4; ++i)
         if (!got[i].is_none()) out[i] = got[i].cast<Tensor>();
       return out;
@@ -324,6 +372,22 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
     Tensor gx = empty(h.sizes(), dt);
     const bool need_params = need_w || need_b;
     const int64_t n = need_params ? cols : 0;
+    const int64_t fmt = half_fmt(dt);
+    if (fmt >= 0) {  // bfloat16/float16: float32 parameter gradients, cast to the parameters' dtype
+      Tensor dw = empty({n}, at::kFloat), db = empty({n}, at::kFloat);
+      const Tensor w32 = as_float32(w.defined() ? &w : nullptr);
+      backward_half_run(addr(gyc), addr(h), centered ? addr(mean) : 0, addr(rstd), addr(w32), addr(gresc), addr(gx),
+                        addr(dw), addr(db), rows, cols, w.defined() ? cols : 0, gresc.defined(), n, centered, fmt);
+      if (!params_f32) {
+        dw = dw.to(dt);
+        db = db.to(dt);
+      }
+      if (need_x) out[0] = gx;
+      if (need_r) out[1] = gx;
+      if (need_w) out[2] = norm.size() == 1 ? dw : dw.view(norm);
+      if (need_b) out[3] = norm.size() == 1 ? db : db.view(norm);
+      return out;
+    }
     Tensor dw = empty({n}, dt);
     Tensor db = empty({n}, dt);
     const Partials p(rows, cols, n);
@@ -353,15 +417,24 @@ py::object norm(py::handle xo, py::handle ro, py::handle shape, py::handle wo, p
   if (at::impl::torch_function_mode_enabled() || c10::impl::TorchDispatchModeTLS::stack_len() > 0)
     return py::none();
   const at::ScalarType dt = THPVariable_Unpack(xo.ptr()).scalar_type();
-  if (dt != at::kFloat && dt != at::kDouble) return py::none();
+  const bool half = half_fmt(dt) >= 0;
+  if (dt != at::kFloat && dt != at::kDouble && !half) return py::none();
   const Tensor* x = plain(xo, dt);
   if (!x) return py::none();
   const Tensor* r = nullptr;
   const Tensor* w = nullptr;
   const Tensor* b = nullptr;
+  // Parameters in the data's dtype; half-precision data may have float32 ones instead
+  // (torch's mixed-precision rule), both alike: any other mix is the Python bridge's error.
+  at::ScalarType pdt = dt;
+  if (half) {
+    const py::handle p = !wo.is_none() ? wo : bo;
+    if (!p.is_none() && THPVariable_Check(p.ptr()) && THPVariable_Unpack(p.ptr()).scalar_type() == at::kFloat)
+      pdt = at::kFloat;
+  }
   if (!ro.is_none() && !(r = plain(ro, dt))) return py::none();
-  if (!wo.is_none() && !(w = plain(wo, dt))) return py::none();
-  if (!bo.is_none() && !(b = plain(bo, dt))) return py::none();
+  if (!wo.is_none() && !(w = plain(wo, pdt))) return py::none();
+  if (!bo.is_none() && !(b = plain(bo, pdt))) return py::none();
   double eps;
   if (PyFloat_CheckExact(epso.ptr())) {
     eps = PyFloat_AS_DOUBLE(epso.ptr());
@@ -399,7 +472,8 @@ py::object norm(py::handle xo, py::handle ro, py::handle shape, py::handle wo, p
 }
 
 void configure(py::object resolve, py::object fallback, int64_t serial_below, int64_t row_cost,
-               int64_t col_split_min, int64_t max_chunks, int64_t max_partial_bytes, int64_t min_chunk_elems) {
+               int64_t col_split_min, int64_t max_chunks, int64_t max_partial_bytes, int64_t min_chunk_elems,
+               int64_t fmt_bf16, int64_t fmt_f16) {
   cfg.resolve = resolve.release().ptr();  // kept for the life of the process
   cfg.fallback = fallback.release().ptr();
   cfg.serial_below = serial_below;
@@ -408,6 +482,8 @@ void configure(py::object resolve, py::object fallback, int64_t serial_below, in
   cfg.max_chunks = std::max<int64_t>(1, max_chunks);
   cfg.max_partial_bytes = max_partial_bytes;
   cfg.min_chunk_elems = std::max<int64_t>(1, min_chunk_elems);
+  cfg.fmt_bf16 = fmt_bf16;
+  cfg.fmt_f16 = fmt_f16;
   cfg.configured = true;
 }
 
@@ -416,7 +492,11 @@ void configure(py::object resolve, py::object fallback, int64_t serial_below, in
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastln.torch's eager fast path (see fastln/torch/_fast.py)";
   m.def("configure", &configure,
-        "Hand over the entry resolver, the Python backward and fastln._config's launch constants.");
+        "Hand over the entry resolver, the Python backward, fastln._config's launch constants and the "
+        "format codes of the half types the kernels convert (-1: none).",
+        py::arg("resolve"), py::arg("fallback"), py::arg("serial_below"), py::arg("row_cost"),
+        py::arg("col_split_min"), py::arg("max_chunks"), py::arg("max_partial_bytes"), py::arg("min_chunk_elems"),
+        py::arg("fmt_bf16") = -1, py::arg("fmt_f16") = -1);
   m.def("norm", &norm, "y, (y, residual_out), or None when the Python bridge must take the call.");
   m.def("forward_half", &forward_half,
         "The half-precision forward kernel on buffers given by address, rows split over torch's pool.");
