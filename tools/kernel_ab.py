@@ -110,15 +110,22 @@ def _forward_variant(float32_stats=True, stream=None, pair_bytes=None, ln_module
     return _recompile(K._forward_rows, g, parallel=True)
 
 
+def _forward_inputs(shape):
+    """``(x, w, b, none)`` of one forward case: float32 rows off zero, weight, bias, and the
+    kernels' absent residual."""
+    cols = shape[1]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) + 3
+    w = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
+    b = np.random.default_rng(2).standard_normal(cols).astype(np.float32)
+    return x, w, b, np.empty((0, cols), np.float32)
+
+
 def _case(shape, variants, rounds):
     """Time ``variants`` (name -> kernel, or (kernel, affine)) and a reused-buffer copy in
     the same interleaved rounds; fractions of the copy and the kept samples."""
     rows, cols = shape
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) + 3
+    x, w, b, none = _forward_inputs(shape)
     y, y_copy = np.empty_like(x), np.empty_like(x)
-    w = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
-    b = np.random.default_rng(2).standard_normal(cols).astype(np.float32)
-    none = np.empty((0, cols), np.float32)
     mean, rstd = np.empty(rows, np.float32), np.empty(rows, np.float32)
     fns = {"copy reused": lambda: bench._parallel_copy(x, y_copy)}
     for name, variant in variants.items():
@@ -200,12 +207,8 @@ def _ceiling(rounds):
 def _ceiling_case(shape, rounds):
     """Kept samples of the reused copy, the element-wise pass, and the forward into a reused
     buffer with and without weight and bias."""
-    rows, cols = shape
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) + 3
+    x, w, b, none = _forward_inputs(shape)
     y, y_copy, y_pass = np.empty_like(x), np.empty_like(x), np.empty_like(x)
-    w = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
-    b = np.random.default_rng(2).standard_normal(cols).astype(np.float32)
-    none = np.empty((0, cols), np.float32)
     fns = {"copy": lambda: bench._parallel_copy(x, y_copy),
            "pass": lambda: bench._elementwise_pass(x, none, w, b, y_pass, none),
            "with": lambda: fastln.layer_norm(x, None, w, b, out=y),

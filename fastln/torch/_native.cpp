@@ -372,9 +372,11 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
     Tensor gx = empty(h.sizes(), dt);
     const bool need_params = need_w || need_b;
     const int64_t n = need_params ? cols : 0;
+    Tensor dw, db;
     const int64_t fmt = half_fmt(dt);
     if (fmt >= 0) {  // bfloat16/float16: float32 parameter gradients, cast to the parameters' dtype
-      Tensor dw = empty({n}, at::kFloat), db = empty({n}, at::kFloat);
+      dw = empty({n}, at::kFloat);
+      db = empty({n}, at::kFloat);
       const Tensor w32 = as_float32(w.defined() ? &w : nullptr);
       backward_half_run(addr(gyc), addr(h), centered ? addr(mean) : 0, addr(rstd), addr(w32), addr(gresc), addr(gx),
                         addr(dw), addr(db), rows, cols, w.defined() ? cols : 0, gresc.defined(), n, centered, fmt);
@@ -382,23 +384,20 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
         dw = dw.to(dt);
         db = db.to(dt);
       }
-      if (need_x) out[0] = gx;
-      if (need_r) out[1] = gx;
-      if (need_w) out[2] = norm.size() == 1 ? dw : dw.view(norm);
-      if (need_b) out[3] = norm.size() == 1 ? db : db.view(norm);
-      return out;
+    } else {
+      dw = empty({n}, dt);
+      db = empty({n}, dt);
+      const Partials p(rows, cols, n);
+      auto chunks = reinterpret_cast<ChunksFn>(entry(dt == at::kDouble, BACKWARD_CHUNKS));
+      auto chunks_from = [&](int64_t first, int64_t stop) {
+        chunks(addr(gyc), addr(h), centered ? addr(mean) : 0, addr(rstd), addr(w), addr(gresc), addr(gx), p.dwp,
+               p.dbp, rows, cols, centered ? rows : 0, w.defined() ? cols : 0, gresc.defined() ? 1 : 0, n,
+               p.n_chunks, p.rows_per_chunk, first, stop, centered ? 1 : 0);
+      };
+      p.run(rows, cols, chunks_from);
+      if (n)
+        reinterpret_cast<ReduceFn>(entry(dt == at::kDouble, REDUCE))(p.dwp, p.dbp, addr(dw), addr(db), p.n_chunks, n);
     }
-    Tensor dw = empty({n}, dt);
-    Tensor db = empty({n}, dt);
-    const Partials p(rows, cols, n);
-    auto chunks = reinterpret_cast<ChunksFn>(entry(dt == at::kDouble, BACKWARD_CHUNKS));
-    auto chunks_from = [&](int64_t first, int64_t stop) {
-      chunks(addr(gyc), addr(h), centered ? addr(mean) : 0, addr(rstd), addr(w), addr(gresc), addr(gx), p.dwp,
-             p.dbp, rows, cols, centered ? rows : 0, w.defined() ? cols : 0, gresc.defined() ? 1 : 0, n, p.n_chunks,
-             p.rows_per_chunk, first, stop, centered ? 1 : 0);
-    };
-    p.run(rows, cols, chunks_from);
-    if (n) reinterpret_cast<ReduceFn>(entry(dt == at::kDouble, REDUCE))(p.dwp, p.dbp, addr(dw), addr(db), p.n_chunks, n);
     if (need_x) out[0] = gx;
     if (need_r) out[1] = gx;
     // A one-dimensional normalized_shape is dw's shape already: no view (~1 us each).
