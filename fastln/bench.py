@@ -333,7 +333,8 @@ def _numpy(case, x, w, b, gy, r):
 def _copies(case, x, w, b, gy, r):
     if case.direction != "forward":
         return {}
-    buf, y, h = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    buf, y = np.empty_like(x), np.empty_like(x)
+    h = np.empty_like(x) if case.residual else x[:0]  # residual_out only where there is one
     r2 = r if case.residual else r[:0]
     b2 = b if case.centered else b[:0]
     return {"copy": lambda: copy_roofline(x), "copy reused": lambda: _parallel_copy(x, buf),
