@@ -33,12 +33,30 @@ from fastln import _checks
 class config:
     """Launch policy, patchable by tests (stumpy's pattern)."""
 
-    #: Threads per block: a multiple of 32, a power of two.
+    #: Threads per block: a multiple of 32, a power of two, at most 512 (1024 failed to
+    #: launch on an H200: too many registers a thread for that many threads).
     THREADS_PER_BLOCK = 32 if cuda.config.ENABLE_CUDASIM else 256
     #: Warp shuffles for the in-warp reduction (never in the simulator, which lacks them).
     USE_SHUFFLE = not cuda.config.ENABLE_CUDASIM
     #: Most blocks a backward launch uses (each keeps one row of dw/db partials).
     MAX_BACKWARD_BLOCKS = 256
+    #: Rows that fit take the register kernels (``_row_kernels``): the row is read once into
+    #: registers and its statistics are float32 (float64 data: float64) per thread, merged in
+    #: float64.  False: every row takes the block-per-row kernels above (kept for wide rows).
+    ROW_KERNELS = True
+    #: Most elements of a row one thread keeps in registers; rows longer than
+    #: ``MAX_ROW_THREADS * MAX_PER_THREAD`` take the block-per-row kernels.  Blocks of more
+    #: than 256 threads would cap the registers a thread may use below what the compiler
+    #: chose (there are 65536 a multiprocessor): the launch fails for lack of resources, as
+    #: 1024-thread blocks of the block-per-row kernels did on an H200.
+    MAX_PER_THREAD = 16
+    MAX_ROW_THREADS = 256
+    #: Threads of a register-kernel block (several rows at once when a row needs fewer).
+    ROW_BLOCK_THREADS = 64 if cuda.config.ENABLE_CUDASIM else 256
+    #: Bytes of the register backward's float64 dw/db partials (one row per row group),
+    #: and the most row groups: the partials' rows are a function of the shape alone.
+    PART_BYTES = 32 << 20
+    MAX_GROUPS = 4096
 
 
 # ---------------------------------------------------------------------------------------
@@ -238,6 +256,245 @@ def _kernels(tpb: int, use_shuffle: bool):
     return forward, backward, reduce
 
 
+def row_plan(cols: int):
+    """``(row_threads, per_thread)`` of the register kernels for rows of ``cols``, or None
+    when the row is too long for registers: the fewest threads (a power of two from 32) for
+    which ``per_thread`` (a power of two) reaches ``config.MAX_PER_THREAD`` or less."""
+    if not config.ROW_KERNELS or cols == 0:
+        return None
+    row_threads = 32
+    while row_threads * config.MAX_PER_THREAD < cols:
+        row_threads *= 2
+        if row_threads > config.MAX_ROW_THREADS:
+            return None
+    per = 1
+    while row_threads * per < cols:
+        per *= 2
+    return row_threads, per
+
+
+def row_groups(rows: int, cols: int) -> int:
+    """Row groups (rows worked on at once, one dw/db partial row each) of a register
+    backward: a function of the shape alone, so dw/db are the same bits on every run."""
+    return max(1, min(rows, config.MAX_GROUPS, config.PART_BYTES // (16 * max(cols, 1))))
+
+
+@functools.cache
+def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bool):
+    r"""Forward and backward kernels that keep a row in registers.
+
+    A *row group* of ``row_threads`` threads (a warp, or several) works on one row; a block
+    holds ``block_threads // row_threads`` groups.  Thread ``t`` of a group holds the row's
+    elements ``t, t + row_threads, ...`` (``per`` of them, a compile-time count, so the
+    local arrays are registers), reads them from global memory once, and the row's sums
+    are float64 merges (warp shuffles, then shared memory across the group's warps) of
+    per-thread sums in the data's dtype: no float64 arithmetic per element, which consumer
+    GPUs run at 1/32-1/64 of the float32 rate.
+
+    **Forward statistics (two passes over registers).**  With ``p`` the row's first element
+    and ``u`` the dtype's unit roundoff, pass 1 sums ``fl(x - p)`` per thread (at most
+    ``per`` terms, error ``g_per * sum|x - p|``, ``g_k = k u / (1 - k u)``), merged in
+    float64 into ``mu = p + S / C``; its error ``delta <= g_(per+1) sum|x - p| / C``.
+    Pass 2 sums ``d^2`` with ``d = fl(fl(x - mean_t) - resid_t)`` (``mean_t``, ``resid_t``
+    the dtype's head and tail of ``mu``), each ``d`` within ``2u`` of ``x - mu``, over at
+    most ``per`` terms, merged in float64.  So ``M2^ = sum((x - mu^)^2) (1 + e)`` with
+    ``|e| <= g_(per+5)``, and ``sum((x - mu^)^2) = M2 + C delta^2``, where ``C delta^2 <=
+    g_(per+1)^2 sum((x - p)^2) <= g_(per+1)^2 (C + 1) M2`` (Cauchy-Schwarz, and
+    ``(p - mean)^2 <= M2`` because ``p`` is one of the row's elements).  For float32,
+    ``per <= 16`` and ``C <= 8192``: ``|M2^ - M2| / M2 <= 1.3e-6 + 3.6e-9`` -- with no
+    cancellation and no certification: an offset of any size costs nothing.
+    RMSNorm sums ``x^2`` the same way (``|e| <= g_(per+1)``).
+
+    **Backward.**  ``sum(x_hat-ish)``, ``sum(w dy)`` and ``sum(w dy (x - m))`` are float32
+    (float64 data: float64) per thread and merged in float64, as above.  ``dw``/``db`` are
+    accumulated per thread over the rows its group takes (``rows / groups`` of them; see
+    :func:`row_groups`), in the data's dtype, and written as one float64 partial row per
+    group; ``reduce`` adds the partial rows in group order: deterministic.
+    """
+    groups = block_threads // row_threads
+    warps = row_threads // 32
+    FULL = 0xFFFFFFFF
+
+    @cuda.jit(device=True, inline=True)
+    def group_sum(v, sh, lane, group):
+        """The float64 sum of ``v`` over a row group, the same bits on each of its threads;
+        every thread of the block must call it (it synchronises the block)."""
+        if use_shuffle:
+            off = 16
+            while off > 0:  # a butterfly: a + b == b + a exactly, so every lane agrees
+                v += cuda.shfl_xor_sync(FULL, v, off)
+                off //= 2
+            if warps > 1:
+                if lane % 32 == 0:
+                    sh[group * warps + lane // 32] = v
+                cuda.syncthreads()
+                v = sh[group * warps]
+                for k in range(1, warps):
+                    v += sh[group * warps + k]
+                cuda.syncthreads()
+        else:  # the simulator has no shuffles: through shared memory, in thread order
+            sh[group * row_threads + lane] = v
+            cuda.syncthreads()
+            v = sh[group * row_threads]
+            for k in range(1, row_threads):
+                v += sh[group * row_threads + k]
+            cuda.syncthreads()
+        return v
+
+    @cuda.jit
+    def forward(x, res, w, b, eps, centered, y, h, mean, rstd):
+        # The arguments of ``_kernels``' forward.
+        sh = cuda.shared.array(block_threads, float64)
+        vals = cuda.local.array(per, x.dtype)
+        rows, cols = x.shape
+        tid = cuda.threadIdx.x
+        group = tid // row_threads
+        lane = tid % row_threads
+        cast = x.dtype.type
+        has_res = h.shape[0] != 0
+        has_w = w.shape[0] != 0
+        has_b = b.shape[0] != 0
+        step = cuda.gridDim.x * groups
+        # The same trip count for every group of the block: group_sum synchronises it.
+        for base in range(cuda.blockIdx.x * groups, rows, step):
+            i = base + group
+            active = i < rows
+            ii = i if active else 0
+            for k in range(per):
+                j = lane + k * row_threads
+                v = cast(0.0)
+                if active and j < cols:
+                    v = x[ii, j]
+                    if has_res:
+                        v = v + res[ii, j]
+                        h[ii, j] = v
+                vals[k] = v
+            mu = 0.0
+            mean_t = cast(0.0)
+            resid_t = cast(0.0)
+            q = cast(0.0)
+            if centered:
+                p = cast(0.0)
+                if active and cols > 0:
+                    p = x[ii, 0] + res[ii, 0] if has_res else x[ii, 0]
+                s = cast(0.0)
+                for k in range(per):
+                    if lane + k * row_threads < cols:
+                        s += vals[k] - p
+                mu = np.float64(p) + group_sum(np.float64(s), sh, lane, group) / max(cols, 1)
+                mean_t = cast(mu)
+                resid_t = cast(mu - np.float64(mean_t))
+                for k in range(per):
+                    if lane + k * row_threads < cols:
+                        d = (vals[k] - mean_t) - resid_t
+                        q += d * d
+            else:
+                for k in range(per):
+                    q += vals[k] * vals[k]  # the padding is zero
+            m2 = group_sum(np.float64(q), sh, lane, group)
+            r = 1.0 / math.sqrt(m2 / max(cols, 1) + eps)
+            r_t = cast(r)
+            if active:
+                for k in range(per):
+                    j = lane + k * row_threads
+                    if j < cols:
+                        v = ((vals[k] - mean_t) - resid_t) * r_t
+                        if has_w:
+                            v = v * w[j]
+                        if has_b:
+                            v = v + b[j]
+                        y[ii, j] = v
+                if lane == 0:
+                    if mean.shape[0] != 0:
+                        mean[ii] = mu
+                    rstd[ii] = r
+
+    @cuda.jit
+    def backward(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part):
+        # The arguments of ``_kernels``' backward, but dw_part, db_part: (groups, cols)
+        # float64 (written whole, one row per row group), or (groups, 0) for none.
+        sh = cuda.shared.array(block_threads, float64)
+        xv = cuda.local.array(per, x.dtype)
+        gv = cuda.local.array(per, x.dtype)
+        acc_w = cuda.local.array(per, x.dtype)
+        acc_b = cuda.local.array(per, x.dtype)
+        rows, cols = x.shape
+        tid = cuda.threadIdx.x
+        group = tid // row_threads
+        lane = tid % row_threads
+        gid = cuda.blockIdx.x * groups + group
+        n_groups = dw_part.shape[0]
+        param_grads = dw_part.shape[1] > 0
+        has_w = w.shape[0] != 0
+        has_gres = gres.shape[0] != 0
+        cast = x.dtype.type
+        for k in range(per):
+            acc_w[k] = cast(0.0)
+            acc_b[k] = cast(0.0)
+        # Group g takes rows g, g + n_groups, ...: the same trip count for the whole block.
+        for base in range(0, rows, n_groups):
+            i = base + gid
+            active = gid < n_groups and i < rows
+            ii = i if active else 0
+            m = cast(0.0)
+            r = 0.0
+            if active:
+                m = cast(mean[ii]) if centered else cast(0.0)
+                r = np.float64(rstd[ii])
+            s_d = cast(0.0)
+            s_g = cast(0.0)
+            s_gd = cast(0.0)
+            for k in range(per):
+                j = lane + k * row_threads
+                xk = cast(0.0)
+                gk = cast(0.0)
+                if active and j < cols:
+                    xk = x[ii, j]
+                    gk = gy[ii, j]
+                xv[k] = xk
+                gv[k] = gk
+                if j < cols:
+                    d = xk - m
+                    wdy = gk * w[j] if has_w else gk
+                    s_d += d
+                    s_g += wdy
+                    s_gd += wdy * d
+            t_d = group_sum(np.float64(s_d), sh, lane, group)
+            t_g = group_sum(np.float64(s_g), sh, lane, group)
+            t_gd = group_sum(np.float64(s_gd), sh, lane, group)
+            if active:
+                if centered:
+                    corr = t_d / cols
+                    c1 = cast((t_gd - corr * t_g) * r / cols)
+                    c2 = cast(t_g / cols)
+                else:
+                    corr = 0.0
+                    c1 = cast(t_gd * r / cols)
+                    c2 = cast(0.0)
+                corr_t = cast(corr)
+                r_t = cast(r)
+                for k in range(per):
+                    j = lane + k * row_threads
+                    if j < cols:
+                        g = gv[k]
+                        x_hat = ((xv[k] - m) - corr_t) * r_t
+                        wdy_t = g * w[j] if has_w else g
+                        v = (wdy_t - (x_hat * c1 + c2)) * r_t
+                        if has_gres:
+                            v = v + gres[ii, j]
+                        gx[ii, j] = v
+                        acc_w[k] += g * x_hat
+                        acc_b[k] += g
+        if param_grads and gid < n_groups:
+            for k in range(per):
+                j = lane + k * row_threads
+                if j < cols:
+                    dw_part[gid, j] = np.float64(acc_w[k])
+                    db_part[gid, j] = np.float64(acc_b[k])
+
+    return forward, backward
+
+
 def kernels():
     """The (forward, backward, reduce) kernels for the current :class:`config`."""
     return _kernels(config.THREADS_PER_BLOCK, config.USE_SHUFFLE)
@@ -246,26 +503,55 @@ def kernels():
 # ---------------------------------------------------------------------------------------
 # Launchers (no checks): 2-D C-contiguous device arrays in, results written in place
 # ---------------------------------------------------------------------------------------
+def _row_launch(cols: int):
+    """``(forward, backward, groups_per_block, threads)`` of the register kernels for rows
+    of ``cols``, or None (see :func:`row_plan`)."""
+    plan = row_plan(cols)
+    if plan is None:
+        return None
+    row_threads, per = plan
+    block_threads = max(row_threads, config.ROW_BLOCK_THREADS // row_threads * row_threads)
+    forward, backward = _row_kernels(row_threads, per, block_threads, config.USE_SHUFFLE)
+    return forward, backward, block_threads // row_threads, block_threads
+
+
 def launch_forward(x2, res2, w, b, eps, centered, y, h, mean, rstd, stream=0):
     """Forward kernel on 2-D C-contiguous device arrays (see ``_kernels`` for the shapes)."""
-    rows = x2.shape[0]
+    rows, cols = x2.shape
     if rows == 0:
+        return
+    row = _row_launch(cols)
+    if row is not None:
+        forward, _, groups, threads = row
+        blocks = min(-(-rows // groups), 65535)
+        forward[blocks, threads, stream](x2, res2, w, b, eps, centered, y, h, mean, rstd)
         return
     forward, _, _ = kernels()
     forward[min(rows, 65535), config.THREADS_PER_BLOCK, stream](x2, res2, w, b, eps, centered, y, h, mean, rstd)
 
 
-def backward_blocks(rows: int) -> int:
-    """Blocks of a backward launch: a function of the shape only (deterministic dw/db)."""
+def backward_blocks(rows: int, cols: int | None = None) -> int:
+    """Rows of the dw/db partials of a backward launch (blocks, or the register kernels'
+    row groups): a function of the shape only (deterministic dw/db)."""
+    if cols is not None and _row_launch(cols) is not None:
+        return row_groups(rows, cols)
     return max(1, min(rows, config.MAX_BACKWARD_BLOCKS))
 
 
 def launch_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, stream=0):
-    """Backward kernel, then the fixed-order reduction of the block partials."""
-    rows = x2.shape[0]
-    _, backward, reduce = kernels()
+    """Backward kernel, then the fixed-order reduction of the partials.  ``dw_part`` and
+    ``db_part`` have ``backward_blocks(rows, cols)`` rows; the block-per-row kernels need
+    them zeroed, the register kernels write them whole."""
+    rows, cols = x2.shape
+    _, _, reduce = kernels()
     tpb = config.THREADS_PER_BLOCK
-    if rows:
+    row = _row_launch(cols)
+    if row is not None:  # launched for no rows too: it writes the partials (zeros) whole
+        _, backward, groups, threads = row
+        n_groups = dw_part.shape[0]
+        backward[-(-n_groups // groups), threads, stream](gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part)
+    elif rows:
+        _, backward, _ = kernels()
         backward[dw_part.shape[0], tpb, stream](gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part)
     if dw.shape[0]:
         reduce[-(-dw.shape[0] // tpb), tpb, stream](dw_part, db_part, dw, db)
@@ -371,9 +657,13 @@ def _backward(centered, grad_y, x, mean, rstd, weight, normalized_shape):
         if tuple(s.shape) not in (lay.lead_shape, lay.lead_shape + (1,) * len(lay.norm_shape)):
             raise _checks.ShapeError(f"{name} must have shape {lay.lead_shape}, got {tuple(s.shape)}")
         stats.append(s.reshape(lay.rows))
-    blocks = backward_blocks(lay.rows)
-    dw_part = cuda.to_device(np.zeros((blocks, lay.cols)))
-    db_part = cuda.to_device(np.zeros((blocks, lay.cols)))
+    blocks = backward_blocks(lay.rows, lay.cols)
+    if _row_launch(lay.cols) is not None:  # the register kernels write their partials whole
+        dw_part = cuda.device_array((blocks, lay.cols), np.float64)
+        db_part = cuda.device_array((blocks, lay.cols), np.float64)
+    else:
+        dw_part = cuda.to_device(np.zeros((blocks, lay.cols)))
+        db_part = cuda.to_device(np.zeros((blocks, lay.cols)))
     dw = cuda.device_array(lay.cols, dtype)
     db = cuda.device_array(lay.cols, dtype)
     gx = cuda.device_array((lay.rows, lay.cols), dtype)

@@ -161,3 +161,76 @@ def test_import_fastln_does_not_import_cuda():
     code = "import sys, numpy as np, fastln; fastln.layer_norm(np.ones((64, 600))); print('numba.cuda' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _device_forward_backward(centered, x, g, w, b, k):
+    """fastln's device forward and backward against the float64 reference (both norms)."""
+    norm = x.shape[len(x.shape) - k:]
+    dev = lambda a: None if a is None else cuda.to_device(a)  # noqa: E731
+    tol = 4e-6 if x.dtype == np.float32 else 1e-12
+    if centered:
+        y, mean, rstd = fastln.layer_norm_forward(dev(x), norm, dev(w), dev(b))
+        ry, _, rrstd = reference.forward(x, k, w, b)
+        gx, gw, gb = fastln.layer_norm_backward(dev(g), dev(x), mean, rstd, dev(w), norm)
+        rgx, rgw, rgb = reference.backward(g, x, k, w)
+    else:
+        y, rstd = fastln.rms_norm_forward(dev(x), norm, dev(w), eps=1e-6)
+        ry, rrstd = reference.rms_forward(x, k, w, 1e-6)
+        gx, gw = fastln.rms_norm_backward(dev(g), dev(x), rstd, dev(w), norm)
+        rgx, rgw = reference.rms_backward(g, x, k, w, 1e-6)
+        gb = rgb = None
+    scale = 1 + np.abs(w).max() + (0 if b is None else np.abs(b).max())
+    np.testing.assert_allclose(y.copy_to_host(), ry, atol=tol * scale, rtol=0)
+    np.testing.assert_allclose(rstd.copy_to_host(), rrstd, rtol=tol)
+    for got, want in ((gx, rgx), (gw, rgw), (gb, rgb)):
+        if want is not None:
+            np.testing.assert_allclose(got.copy_to_host(), want, atol=tol * 10 * (1 + np.abs(want).max()), rtol=0)
+
+
+@pytest.mark.parametrize("centered", [True, False])
+@pytest.mark.parametrize("rows,cols", [(9, 5), (7, 70), (3, 129), (1, 1)])
+def test_register_kernels_in_every_layout(monkeypatch, centered, rows, cols):
+    """Rows in registers: several rows a block (9x5: four groups of one warp, the last
+    block part empty), rows over several warps (70 and 129 columns: 64 and 128 threads a
+    row, two elements each, merged through shared memory), groups that take several rows
+    (at most 3 groups, so dw/db add rows in registers), and a ragged last element."""
+    from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "MAX_PER_THREAD", 2)
+    monkeypatch.setattr(fcuda.config, "ROW_BLOCK_THREADS", 128)
+    monkeypatch.setattr(fcuda.config, "MAX_GROUPS", 3)
+    assert fcuda.row_plan(cols) == {5: (32, 1), 70: (64, 2), 129: (128, 2), 1: (32, 1)}[cols]
+    rng = np.random.default_rng(rows * cols)
+    x = (rng.standard_normal((rows, cols)) * 2 + 7).astype(np.float32)
+    g = rng.standard_normal((rows, cols)).astype(np.float32)
+    w = rng.standard_normal(cols).astype(np.float32)
+    b = rng.standard_normal(cols).astype(np.float32) if centered else None
+    _device_forward_backward(centered, x, g, w, b, 1)
+
+
+@pytest.mark.parametrize("centered", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_block_kernels_take_rows_too_long_for_registers(monkeypatch, centered, dtype):
+    """Rows longer than ``MAX_ROW_THREADS * MAX_PER_THREAD`` take the block-per-row kernels."""
+    from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "MAX_PER_THREAD", 1)
+    monkeypatch.setattr(fcuda.config, "MAX_ROW_THREADS", 32)
+    assert fcuda.row_plan(40) is None and fcuda.row_plan(32) == (32, 1)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 2, 20)).astype(dtype)
+    g = rng.standard_normal((5, 2, 20)).astype(dtype)
+    w = rng.standard_normal((2, 20)).astype(dtype)
+    b = rng.standard_normal((2, 20)).astype(dtype) if centered else None
+    _device_forward_backward(centered, x, g, w, b, 2)
+
+
+def test_register_forward_keeps_its_accuracy_far_from_zero():
+    """The statistics are float32 sums shifted by the row's first element (docstring of
+    ``fastln.cuda._row_kernels``): an offset of 1e6 standard deviations costs nothing."""
+    rng = np.random.default_rng(8)
+    x = (3e5 + 0.3 * rng.standard_normal((6, 300))).astype(np.float32)
+    y, mean, rstd = fastln.layer_norm_forward(cuda.to_device(x))
+    ry, rmean, rrstd = reference.forward(x)
+    np.testing.assert_allclose(rstd.copy_to_host(), rrstd, rtol=2e-6)
+    assert np.abs(y.copy_to_host() - ry).max() < 4e-6

@@ -1,10 +1,13 @@
 """Run fastln's GPU tests and GPU benchmark on a CUDA machine; write results.
 
-    python tools/gpu_suite.py [--out benchmarks/results] [--quick]
+    python tools/gpu_suite.py [--out benchmarks/results/gpu] [--quick] [--skip-tests]
 
 Needs torch with CUDA, numba-cuda (``pip install 'fastln[cuda]'``) and pytest.  Writes
-``gpu-tests.txt``, ``gpu-bench.json`` (device, versions, shapes, medians, ratios) and
-``gpu-bench.png`` under --out.  Times are CUDA-event medians of interleaved rounds.
+``gpu-tests.txt`` (the pytest log, written as it runs), ``gpu-bench.json`` (device, driver,
+versions, shapes, medians, ratios; rewritten after every case, so a run cut short keeps what
+it measured) and ``gpu-bench.png`` under --out.  Times are CUDA-event medians of interleaved
+rounds; each case also times the bare kernel launch (no torch bridge) so that the bridge's
+Python cost and the kernel's time can be told apart, and a sweep of threads per block.
 """
 
 from __future__ import annotations
@@ -15,19 +18,50 @@ import os
 import platform
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+#: Shapes of the benchmark: (rows, cols); the quick set is a subset.
+SHAPES = [(2, 3), (512, 768), (4096, 1024), (8192, 4096), (32768, 1024), (32768, 768), (64, 65536)]
+QUICK_SHAPES = [(2, 3), (4096, 1024), (8192, 4096), (32768, 1024)]
+#: Kernel configurations the sweep times side by side (bare kernels, LayerNorm float32):
+#: the block-per-row kernels, and the register kernels' elements per thread and block size.
+SWEEP = {
+    "block kernels": {"ROW_KERNELS": False},
+    "rows, 8 a thread": {"MAX_PER_THREAD": 8},
+    "rows, 16 a thread": {"MAX_PER_THREAD": 16},
+    "rows, 32 a thread": {"MAX_PER_THREAD": 32},
+    "rows, 16 a thread, 128-thread blocks": {"MAX_PER_THREAD": 16, "ROW_BLOCK_THREADS": 128},
+    "rows, 16 a thread, 512 threads a row": {"MAX_PER_THREAD": 16, "MAX_ROW_THREADS": 512},
+}
+SWEEP_SHAPES = [(4096, 1024), (32768, 768), (8192, 4096), (512, 768)]
 
-def run_tests(out: Path) -> int:
-    env = dict(os.environ, FASTLN_TEST_REAL_GPU="1", NUMBA_ENABLE_CUDASIM="0")
-    cmd = [sys.executable, "-m", "pytest", "-q", "tests/test_gpu.py", "tests/test_cuda_sim.py", "-p", "no:cacheprovider"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    (out / "gpu-tests.txt").write_text(proc.stdout + proc.stderr)
-    print(proc.stdout[-3000:])
-    return proc.returncode
+
+def run_tests(out: Path, timeout: float) -> int:
+    """The real-GPU tests and the simulator's tests on hardware; the log is streamed to a file."""
+    env = dict(os.environ, FASTLN_TEST_REAL_GPU="1", NUMBA_ENABLE_CUDASIM="0",
+               FASTLN_TEST_WARM="0",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "tests/test_gpu.py", "tests/test_cuda_sim.py",
+           "-p", "no:cacheprovider"]
+    try:
+        import pytest_timeout  # noqa: F401
+
+        cmd.append("--timeout=240")
+    except ImportError:
+        pass
+    with open(out / "gpu-tests.txt", "w") as log:
+        try:
+            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            log.write(f"\n[gpu_suite] the tests ran past {timeout} s and were stopped\n")
+            rc = 124
+    print((out / "gpu-tests.txt").read_text()[-3000:], flush=True)
+    return rc
 
 
 def _time(fn, rounds, inner):
@@ -45,33 +79,128 @@ def _time(fn, rounds, inner):
     return samples
 
 
-def run_bench(out: Path, quick: bool) -> dict:
+def _interleaved(fns: dict, numel: int, rounds: int = 7) -> dict:
+    """Median seconds of each callable, the callables taking turns in every round."""
+    import numpy as np
+    import torch
+
+    for f in fns.values():
+        f()
+    torch.cuda.synchronize()
+    inner = 200 if numel < 1 << 20 else 20
+    samples = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            samples[k] += _time(f, 1, inner)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def _environment() -> dict:
     import torch
 
     import fastln
 
-    shapes = [(2, 3), (4096, 1024), (8192, 4096), (32768, 1024)] if quick else [
-        (2, 3), (512, 768), (4096, 1024), (8192, 4096), (32768, 1024), (32768, 768), (64, 65536)]
-    results = []
-    for dtype in (torch.float32, torch.bfloat16):
-        for shape in shapes:
-            row = _bench_case(shape, dtype)
-            results.append(row)
-            print(json.dumps(row))
-    data = {
+    def version(name):
+        try:
+            from importlib.metadata import version as v
+
+            return v(name)
+        except Exception:  # noqa: BLE001 - a missing distribution is recorded as such
+            return None
+
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception:  # noqa: BLE001
+        driver = None
+    props = torch.cuda.get_device_properties(0)
+    return {
         "device": torch.cuda.get_device_name(),
+        "multiprocessors": props.multi_processor_count,
+        "driver": driver,
         "versions": {"fastln": fastln.__version__, "torch": torch.__version__,
-                     "numba": __import__("numba").__version__, "python": platform.python_version()},
-        "results": results,
+                     "numba": version("numba"), "numba-cuda": version("numba-cuda"),
+                     "numpy": version("numpy"), "python": platform.python_version()},
     }
-    (out / "gpu-bench.json").write_text(json.dumps(data, indent=2))
-    _plot(data, out / "gpu-bench.png")
+
+
+def run_bench(out: Path, quick: bool, sweep: bool) -> dict:
+    import torch
+
+    data = dict(_environment(), results=[], tpb_sweep=[], errors=[])
+
+    def save():
+        (out / "gpu-bench.json").write_text(json.dumps(data, indent=2))
+
+    for centered in (True, False):
+        for dtype in (torch.float32, torch.bfloat16):
+            for shape in QUICK_SHAPES if quick else SHAPES:
+                try:
+                    row = _bench_case(shape, dtype, centered)
+                except Exception:  # noqa: BLE001 - record it, measure the other cases
+                    data["errors"].append({"shape": shape, "dtype": str(dtype), "centered": centered,
+                                           "error": traceback.format_exc()[-2000:]})
+                    print(data["errors"][-1]["error"], flush=True)
+                    continue
+                data["results"].append(row)
+                print(json.dumps(row), flush=True)
+                save()
+    if sweep:
+        for shape in SWEEP_SHAPES:
+            try:
+                data["tpb_sweep"].append(_sweep_case(shape))
+                print(json.dumps(data["tpb_sweep"][-1]), flush=True)
+            except Exception:  # noqa: BLE001
+                data["errors"].append({"shape": shape, "sweep": True, "error": traceback.format_exc()[-2000:]})
+            save()
+    save()
+    try:
+        _plot(data, out / "gpu-bench.png")
+    except Exception:  # noqa: BLE001 - the JSON is the record; the plot is a view of it
+        traceback.print_exc()
     return data
 
 
-def _bench_case(shape, dtype) -> dict:
+def _kernel_calls(x, w, b, gy, centered):
+    """Bare launches of fastln's CUDA kernels on torch's buffers (no bridge, no checks)."""
+    import torch
+    from numba import cuda
+
+    from fastln import cuda as fcuda
+
+    rows, cols = x.shape
+    arr = lambda t: cuda.as_cuda_array(t.detach())  # noqa: E731
+    y = torch.empty_like(x)
+    mean = torch.empty(rows if centered else 0, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
+    none2 = torch.empty((0, 0), dtype=x.dtype, device=x.device)
+    bias = b if centered else torch.empty(0, dtype=x.dtype, device=x.device)
+    blocks = fcuda.backward_blocks(rows, cols)
+    zeroed = fcuda.row_plan(cols) is None  # the block-per-row kernels add into their partials
+    parts = torch.zeros((2, blocks, cols), dtype=torch.float64, device=x.device)
+    gx, dw, db = torch.empty_like(x), torch.empty_like(w), torch.empty_like(w)
+    a = {k: arr(v) for k, v in dict(x=x, w=w, b=bias, y=y, mean=mean, rstd=rstd, none2=none2, gy=gy,
+                                       p0=parts[0], p1=parts[1], gx=gx, dw=dw, db=db).items()}
+    stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+
+    def forward():
+        fcuda.launch_forward(a["x"], a["none2"], a["w"], a["b"], 1e-5, centered, a["y"], a["none2"],
+                             a["mean"], a["rstd"], stream=stream)
+
+    def backward():
+        if zeroed:
+            parts.zero_()
+        fcuda.launch_backward(a["gy"], a["x"], a["mean"], a["rstd"], a["w"], centered, a["none2"], a["gx"],
+                              a["p0"], a["p1"], a["dw"], a["db"], stream=stream)
+
+    forward()
+    torch.cuda.synchronize()
+    _last_y[0] = y
+    return forward, backward
+
+
+def _bench_case(shape, dtype, centered) -> dict:
     """Interleaved CUDA-event medians of fastln, torch and a copy for one shape and dtype."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -84,35 +213,169 @@ def _bench_case(shape, dtype) -> dict:
     xg = x.clone().requires_grad_()
     gy = torch.randn_like(x)
     norm = (shape[-1],)
-    y_f = ft.layer_norm(xg, norm, w, b)
-    y_t = F.layer_norm(xg, norm, w, b)
+    if centered:
+        ours = lambda t: ft.layer_norm(t, norm, w, b)  # noqa: E731
+        theirs = lambda t: F.layer_norm(t, norm, w, b)  # noqa: E731
+        params = (xg, w, b)
+    else:
+        ours = lambda t: ft.rms_norm(t, norm, w, 1e-6)  # noqa: E731
+        theirs = lambda t: F.rms_norm(t, norm, w, 1e-6)  # noqa: E731
+        params = (xg, w)
+    y_f, y_t = ours(xg), theirs(xg)
+    # The outputs agree before anything is timed (a fast wrong kernel is no result).
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    with torch.no_grad():
+        fwd_err = float((y_f.float() - y_t.float()).abs().max())
     fns = {
-        "fastln forward": lambda: ft.layer_norm(x, norm, w, b),
-        "torch forward": lambda: F.layer_norm(x, norm, w, b),
+        "fastln forward": lambda: ours(x),
+        "torch forward": lambda: theirs(x),
         "copy": lambda: x.clone(),
-        "fastln backward": lambda: torch.autograd.grad(y_f, (xg, w, b), gy, retain_graph=True),
-        "torch backward": lambda: torch.autograd.grad(y_t, (xg, w, b), gy, retain_graph=True),
+        "fastln backward": lambda: torch.autograd.grad(y_f, params, gy, retain_graph=True),
+        "torch backward": lambda: torch.autograd.grad(y_t, params, gy, retain_graph=True),
     }
-    for f in fns.values():
-        f()
-    torch.cuda.synchronize()
-    inner = 200 if x.numel() < 1 << 20 else 20
-    samples = {k: [] for k in fns}
-    for _ in range(7):  # interleaved rounds
-        for k, f in fns.items():
-            samples[k] += _time(f, 1, inner)
-    med = {k: float(np.median(v)) for k, v in samples.items()}
+    if dtype == torch.float32:  # the kernels alone take float32/float64 only
+        k_fwd, k_bwd = _kernel_calls(x, w.detach(), b.detach(), gy, centered)
+        fns["kernel forward"] = k_fwd
+        fns["kernel backward"] = k_bwd
+    med = _interleaved(fns, x.numel())
     nbytes = x.numel() * x.element_size()
-    return {
+    row = {
+        "norm": "layer_norm" if centered else "rms_norm",
         "shape": shape,
         "dtype": str(dtype).split(".")[-1],
+        "forward_max_abs_diff_vs_torch": fwd_err,
+        "forward_agrees": fwd_err <= tol * (1 + float(y_t.float().abs().max())),
         "median_s": med,
         "copy_GBps": 2 * nbytes / med["copy"] / 1e9,
         "forward_GBps": 2 * nbytes / med["fastln forward"] / 1e9,
+        "backward_GBps": 3 * nbytes / med["fastln backward"] / 1e9,
         "forward_vs_torch": med["torch forward"] / med["fastln forward"],
         "backward_vs_torch": med["torch backward"] / med["fastln backward"],
         "forward_fraction_of_copy": med["copy"] / med["fastln forward"],
     }
+    if "kernel forward" in med:
+        row["kernel_forward_vs_torch"] = med["torch forward"] / med["kernel forward"]
+        row["kernel_backward_vs_torch"] = med["torch backward"] / med["kernel backward"]
+    return row
+
+
+def _sweep_case(shape) -> dict:
+    """Bare-kernel medians of forward and backward (LayerNorm, float32) per configuration
+    of :data:`SWEEP`, interleaved, with each one's largest difference from torch."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(shape, device="cuda")
+    w, b = torch.randn(shape[1], device="cuda"), torch.randn(shape[1], device="cuda")
+    gy = torch.randn_like(x)
+    ref = F.layer_norm(x, shape[1:], w, b)
+    from fastln import cuda as fcuda
+
+    fns, errors, failed, plans, regs = {}, {}, {}, {}, {}
+    for name, settings in SWEEP.items():
+        try:
+            with _config(settings):
+                plans[name] = fcuda.row_plan(shape[1])
+                fwd, bwd = _kernel_calls(x, w, b, gy, True)
+                bwd()
+                torch.cuda.synchronize()
+                regs[name] = _registers(shape[1])
+        except Exception as e:  # noqa: BLE001 - e.g. too many registers for the block size
+            failed[name] = f"{type(e).__name__}: {e}"[:500]
+            continue
+        fns[f"forward, {name}"] = _configured(fwd, settings)
+        fns[f"backward, {name}"] = _configured(bwd, settings)
+        errors[name] = float((_last_y[0] - ref).abs().max())
+    fns["copy"] = lambda: x.clone()
+    fns["torch forward"] = lambda: F.layer_norm(x, shape[1:], w, b)
+    med = _interleaved(fns, x.numel())
+    return {"shape": shape, "median_s": med, "row_plan": plans, "forward_max_abs_diff_vs_torch": errors,
+            "failed": failed, "registers": regs}
+
+
+def _registers(cols: int) -> dict:
+    """Registers a thread of the forward and backward kernels the current config launches
+    for rows of ``cols`` (after they ran)."""
+    from fastln import cuda as fcuda
+
+    row = fcuda._row_launch(cols)
+    kernels = row[:2] if row is not None else fcuda.kernels()[:2]
+    regs = {}
+    for kernel in kernels:
+        try:
+            n = kernel.get_regs_per_thread()
+            regs[kernel.py_func.__name__] = n if isinstance(n, int) else sorted(set(n.values()))
+        except Exception as e:  # noqa: BLE001 - the API differs between numba-cuda versions
+            regs[kernel.py_func.__name__] = repr(e)[:200]
+    return regs
+
+
+_last_y: list = [None]
+
+
+class _config:
+    """``fastln.cuda.config`` with ``settings`` applied, restored on exit."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def __enter__(self):
+        from fastln import cuda as fcuda
+
+        self.saved = {k: getattr(fcuda.config, k) for k in self.settings}
+        for k, v in self.settings.items():
+            setattr(fcuda.config, k, v)
+
+    def __exit__(self, *exc):
+        from fastln import cuda as fcuda
+
+        for k, v in self.saved.items():
+            setattr(fcuda.config, k, v)
+
+
+def _configured(fn, settings):
+    """``fn`` run under ``settings`` (the launchers read the config on every call)."""
+
+    def call():
+        with _config(settings):
+            fn()
+
+    return call
+
+
+def run_profile(out: Path) -> None:
+    """Where the bridge's time goes: cProfile of fastln.torch calls on the GPU."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+
+    import fastln.torch as ft
+
+    x = torch.randn(4096, 1024, device="cuda", requires_grad=True)
+    w = torch.randn(1024, device="cuda", requires_grad=True)
+    b = torch.randn(1024, device="cuda", requires_grad=True)
+    gy = torch.randn_like(x)
+
+    def step():
+        y = ft.layer_norm(x, (1024,), w, b)
+        torch.autograd.grad(y, (x, w, b), gy)
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(100):
+        step()
+    torch.cuda.synchronize()
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(30)
+    (out / "gpu-profile.txt").write_text(text.getvalue())
+    print(text.getvalue()[:4000], flush=True)
 
 
 def _plot(data, path):
@@ -122,27 +385,37 @@ def _plot(data, path):
     import matplotlib.pyplot as plt
 
     rows = data["results"]
-    labels = [f"{r['shape'][0]}x{r['shape'][1]}\n{r['dtype']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(12, 5), constrained_layout=True)
+    if not rows:
+        return
+    labels = [f"{r['norm'].split('_')[0]} {r['shape'][0]}x{r['shape'][1]}\n{r['dtype']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(12, len(rows) * 0.6), 5), constrained_layout=True)
     xs = range(len(rows))
     ax.bar([i - 0.2 for i in xs], [r["forward_vs_torch"] for r in rows], 0.4, label="forward")
     ax.bar([i + 0.2 for i in xs], [r["backward_vs_torch"] for r in rows], 0.4, label="backward")
     ax.axhline(1, color="k", ls="--", lw=1)
-    ax.set_xticks(list(xs), labels, fontsize=8)
-    ax.set_ylabel("speedup vs torch CUDA layer_norm")
-    ax.set_title(f"fastln on {data['device']}")
+    ax.set_yscale("log")
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_ylabel("speed-up over torch CUDA (torch time / fastln time)")
+    ax.set_title(f"fastln.torch on {data['device']}")
     ax.legend()
     fig.savefig(path, dpi=110)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu")
+    ap.add_argument("--quick", action="store_true", help="fewer shapes")
+    ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the threads-per-block sweep")
+    ap.add_argument("--test-timeout", type=float, default=300.0, help="seconds for the whole test run")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rc = run_tests(args.out)
-    run_bench(args.out, args.quick)
+    rc = 0 if args.skip_tests else run_tests(args.out, args.test_timeout)
+    try:
+        run_profile(args.out)
+    except Exception:  # noqa: BLE001 - the benchmark still runs
+        traceback.print_exc()
+    run_bench(args.out, args.quick, not args.no_sweep)
     return rc
 
 

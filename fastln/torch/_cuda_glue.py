@@ -1,6 +1,12 @@
 """The bridge's CUDA path: outputs from torch's caching allocator, kernels launched on
 torch's current stream, tensors handed to Numba through the CUDA Array Interface (zero
-copy).  float16/bfloat16 are computed through float32 copies on the GPU."""
+copy).  float16/bfloat16 are computed through float32 copies on the GPU.
+
+The interface is imported with ``sync=False``: by default Numba synchronises the stream a
+tensor names in its interface (torch's current one) for every tensor it imports, which
+made each call wait for the GPU to finish all queued work, ten times over.  The kernels run
+on that same stream, so its order already puts them after the work that made their inputs.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,20 @@ from numba import cuda
 from fastln import cuda as fcuda
 from fastln.torch import _glue
 
+_STREAMS: dict = {}
+
 
 def _stream():
-    return cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+    """Numba's handle on torch's current stream (one per torch stream, kept)."""
+    key = (torch.cuda.current_device(), torch.cuda.current_stream().cuda_stream)
+    stream = _STREAMS.get(key)
+    if stream is None:
+        stream = _STREAMS[key] = cuda.external_stream(key[1])
+    return stream
 
 
 def _arr(t):
-    return cuda.as_cuda_array(t.detach())
+    return cuda.as_cuda_array(t.detach(), sync=False)
 
 
 def _vec(p, cols, cdt, device):
@@ -59,7 +72,7 @@ def backward(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered
     gyc = grad_y.detach().to(cdt).contiguous()
     gx = torch.empty_like(hc, memory_format=torch.contiguous_format)
     part_cols = cols if need_params else 0
-    blocks = fcuda.backward_blocks(rows)
+    blocks = fcuda.backward_blocks(rows, cols)
     parts = torch.zeros((2, blocks, part_cols), dtype=torch.float64, device=dev)
     dw = torch.zeros(part_cols, dtype=cdt, device=dev)
     db = torch.zeros(part_cols, dtype=cdt, device=dev)
