@@ -21,7 +21,9 @@ Kernels (same math and names as :mod:`fastln.cpu`):
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import inspect
 import math
 
 import numpy as np
@@ -56,7 +58,17 @@ class config:
     #: Bytes of the register backward's float64 dw/db partials (one row per row group),
     #: and the most row groups: the partials' rows are a function of the shape alone.
     PART_BYTES = 32 << 20
-    MAX_GROUPS = 4096
+    MAX_GROUPS = 512
+    #: Launch compiled kernels through cuda.core without Numba's per-call work (see
+    #: ``raw_forward``); turned off for the process if anything about it is unexpected.
+    RAW_LAUNCH = True
+    #: Blocks of the register kernels a multiprocessor must fit (CUDA's launch bounds: the
+    #: compiler keeps each thread under 65536 / (threads * blocks) registers); None lets the
+    #: compiler choose.  Left to itself it took 229 registers a thread for the forward at
+    #: 1024 columns (one 256-thread block a multiprocessor); with 3 blocks it takes 80 and
+    #: spills 44 bytes (ptxas, sm_90; ``tools/compile_ptx.py``).  Hardware only.
+    FORWARD_MIN_BLOCKS = 3
+    BACKWARD_MIN_BLOCKS = 2
 
 
 # ---------------------------------------------------------------------------------------
@@ -76,6 +88,10 @@ def _chan(n_a, m_a, q_a, n_b, m_b, q_b):
 def _sum3(a, b, c, d, e, f):
     """Component-wise sum of two triples."""
     return a + d, b + e, c + f
+
+
+#: Row slices of the partials that ``reduce`` adds at once (threads a column).
+REDUCE_SLICES = 2 if cuda.config.ENABLE_CUDASIM else 8
 
 
 @functools.cache
@@ -242,14 +258,29 @@ def _kernels(tpb: int, use_shuffle: bool):
 
     @cuda.jit
     def reduce(dw_part, db_part, dw, db):
-        # dw_part, db_part: (blocks, cols) float64; dw, db: (cols,)
-        j = cuda.grid(1)
+        # dw_part, db_part: (blocks, cols) float64; dw, db: (cols,).  Block (32, SLICES):
+        # thread (c, s) adds rows s, s + SLICES, ... of column c in order, then thread (c, 0)
+        # adds the SLICES sums in order -- a fixed order (deterministic) that keeps
+        # SLICES loads a column in flight, where one thread a column walked every row alone
+        # (2048 rows of partials took 0.4 ms on an H200).
+        sh_w = cuda.shared.array((REDUCE_SLICES, 32), float64)
+        sh_b = cuda.shared.array((REDUCE_SLICES, 32), float64)
+        c = cuda.threadIdx.x
+        sl = cuda.threadIdx.y
+        j = cuda.blockIdx.x * 32 + c
+        sw = 0.0
+        sb = 0.0
         if j < dw.shape[0]:
-            sw = 0.0
-            sb = 0.0
-            for k in range(dw_part.shape[0]):
+            for k in range(sl, dw_part.shape[0], REDUCE_SLICES):
                 sw += dw_part[k, j]
                 sb += db_part[k, j]
+        sh_w[sl, c] = sw
+        sh_b[sl, c] = sb
+        cuda.syncthreads()
+        if sl == 0 and j < dw.shape[0]:
+            for k in range(1, REDUCE_SLICES):
+                sw += sh_w[k, c]
+                sb += sh_b[k, c]
             dw[j] = sw
             db[j] = sb
 
@@ -279,8 +310,27 @@ def row_groups(rows: int, cols: int) -> int:
     return max(1, min(rows, config.MAX_GROUPS, config.PART_BYTES // (16 * max(cols, 1))))
 
 
+def _bounded(block_threads: int, min_blocks):
+    """``cuda.jit`` for a kernel launched with ``block_threads`` threads, with CUDA launch
+    bounds asking for ``min_blocks`` blocks a multiprocessor where Numba takes them (not the
+    simulator, nor Numba's built-in CUDA target)."""
+    if min_blocks is None or cuda.config.ENABLE_CUDASIM:
+        return cuda.jit
+    if "launch_bounds" not in inspect.signature(cuda.jit).parameters:
+        return cuda.jit
+    options = {"launch_bounds": (block_threads, min_blocks)}
+
+    def jit(fn):
+        kernel = cuda.jit(**options)(fn)
+        kernel._fastln_options = options  # for tools/compile_ptx.py, which compiles py_func
+        return kernel
+
+    return jit
+
+
 @functools.cache
-def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bool):
+def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bool,
+                 forward_min_blocks=None, backward_min_blocks=None):
     r"""Forward and backward kernels that keep a row in registers.
 
     A *row group* of ``row_threads`` threads (a warp, or several) works on one row; a block
@@ -341,7 +391,7 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
             cuda.syncthreads()
         return v
 
-    @cuda.jit
+    @_bounded(block_threads, forward_min_blocks)
     def forward(x, res, w, b, eps, centered, y, h, mean, rstd):
         # The arguments of ``_kernels``' forward.
         sh = cuda.shared.array(block_threads, float64)
@@ -409,7 +459,7 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
                         mean[ii] = mu
                     rstd[ii] = r
 
-    @cuda.jit
+    @_bounded(block_threads, backward_min_blocks)
     def backward(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part):
         # The arguments of ``_kernels``' backward, but dw_part, db_part: (groups, cols)
         # float64 (written whole, one row per row group), or (groups, 0) for none.
@@ -511,23 +561,45 @@ def _row_launch(cols: int):
         return None
     row_threads, per = plan
     block_threads = max(row_threads, config.ROW_BLOCK_THREADS // row_threads * row_threads)
-    forward, backward = _row_kernels(row_threads, per, block_threads, config.USE_SHUFFLE)
+    forward, backward = _row_kernels(row_threads, per, block_threads, config.USE_SHUFFLE,
+                                     config.FORWARD_MIN_BLOCKS, config.BACKWARD_MIN_BLOCKS)
     return forward, backward, block_threads // row_threads, block_threads
 
 
-def launch_forward(x2, res2, w, b, eps, centered, y, h, mean, rstd, stream=0):
-    """Forward kernel on 2-D C-contiguous device arrays (see ``_kernels`` for the shapes)."""
-    rows, cols = x2.shape
-    if rows == 0:
-        return
+def _forward_launch(rows: int, cols: int):
+    """``(kernel, grid, block)`` of a forward over ``rows`` rows (at least one) of ``cols``."""
     row = _row_launch(cols)
     if row is not None:
         forward, _, groups, threads = row
-        blocks = min(-(-rows // groups), 65535)
-        forward[blocks, threads, stream](x2, res2, w, b, eps, centered, y, h, mean, rstd)
+        return forward, min(-(-rows // groups), 65535), threads
+    return kernels()[0], min(rows, 65535), config.THREADS_PER_BLOCK
+
+
+def _backward_launches(rows: int, cols: int, parts: int, param_grads: bool):
+    """``[(kernel, grid, block, uses_reduce)]`` of a backward: the row kernel (none for no
+    rows on the block-per-row kernels), then the reduction of the partials."""
+    launches = []
+    row = _row_launch(cols)
+    if row is not None:  # launched for no rows too: it writes the partials (zeros) whole
+        _, backward, groups, threads = row
+        launches.append((backward, -(-parts // groups), threads, False))
+    elif rows:
+        launches.append((kernels()[1], parts, config.THREADS_PER_BLOCK, False))
+    if param_grads:
+        launches.append((kernels()[2], -(-cols // 32), (32, REDUCE_SLICES), True))
+    return launches
+
+
+def launch_forward(x2, res2, w, b, eps, centered, y, h, mean, rstd, stream=0, device=None):
+    """Forward kernel on 2-D C-contiguous device arrays (see ``_kernels`` for the shapes).
+    ``device`` (a device number) lets later calls from the same device launch the kernel
+    compiled here through :func:`raw_forward`."""
+    rows, cols = x2.shape
+    if rows == 0:
         return
-    forward, _, _ = kernels()
-    forward[min(rows, 65535), config.THREADS_PER_BLOCK, stream](x2, res2, w, b, eps, centered, y, h, mean, rstd)
+    kernel, grid, block = _forward_launch(rows, cols)
+    kernel[grid, block, stream](x2, res2, w, b, eps, centered, y, h, mean, rstd)
+    _remember(kernel, x2.dtype, device, 0)
 
 
 def backward_blocks(rows: int, cols: int | None = None) -> int:
@@ -538,23 +610,151 @@ def backward_blocks(rows: int, cols: int | None = None) -> int:
     return max(1, min(rows, config.MAX_BACKWARD_BLOCKS))
 
 
-def launch_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, stream=0):
+def launch_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db, stream=0,
+                    device=None):
     """Backward kernel, then the fixed-order reduction of the partials.  ``dw_part`` and
     ``db_part`` have ``backward_blocks(rows, cols)`` rows; the block-per-row kernels need
-    them zeroed, the register kernels write them whole."""
+    them zeroed, the register kernels write them whole.  ``device``: as for
+    :func:`launch_forward`."""
     rows, cols = x2.shape
-    _, _, reduce = kernels()
-    tpb = config.THREADS_PER_BLOCK
-    row = _row_launch(cols)
-    if row is not None:  # launched for no rows too: it writes the partials (zeros) whole
-        _, backward, groups, threads = row
-        n_groups = dw_part.shape[0]
-        backward[-(-n_groups // groups), threads, stream](gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part)
-    elif rows:
-        _, backward, _ = kernels()
-        backward[dw_part.shape[0], tpb, stream](gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part)
-    if dw.shape[0]:
-        reduce[-(-dw.shape[0] // tpb), tpb, stream](dw_part, db_part, dw, db)
+    for kernel, grid, block, is_reduce in _backward_launches(rows, cols, dw_part.shape[0], dw.shape[0] != 0):
+        if is_reduce:
+            kernel[grid, block, stream](dw_part, db_part, dw, db)
+        else:
+            kernel[grid, block, stream](gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part)
+        _remember(kernel, dw.dtype if is_reduce else x2.dtype, device, 2 if is_reduce else 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Launches without Numba's per-call work
+# ---------------------------------------------------------------------------------------
+# A Numba launch costs about 60 us of Python on an H200 machine (numba-cuda 0.30: typing
+# each argument, a context check per array), and importing each torch tensor through the
+# CUDA Array Interface as much again: ten times torch's whole op on a mid-size tensor.  Once
+# a kernel has been compiled and launched the ordinary way, these launch its compiled code
+# through cuda.core (what numba-cuda itself calls) with the arguments packed as Numba packs
+# them: for an array, (meminfo, parent, size, itemsize, data, *shape, *strides).  They are a
+# fast path only: anything unexpected turns them off for the process, and the ordinary
+# launch runs instead.  tests/test_gpu.py checks that both give the same bits.
+
+#: Compiled kernels that can be launched raw: (dispatcher, dtype, device) -> cuda.core kernel.
+_RAW: dict = {}
+_RAW_LAUNCH: list = []  # [launch, LaunchConfig] once imported
+#: Calls of raw_forward/raw_backward that launched raw (tests read it).
+RAW_CALLS = {"forward": 0, "backward": 0}
+
+
+class RawArray(tuple):
+    """A C-contiguous device array described by ``(data pointer, shape, itemsize)``."""
+
+    __slots__ = ()
+
+    def __new__(cls, ptr: int, shape: tuple, itemsize: int):
+        return super().__new__(cls, (ptr, tuple(shape), itemsize))
+
+
+def _packed(a: RawArray) -> list:
+    ptr, shape, itemsize = a
+    size = 1
+    for n in shape:
+        size *= n
+    strides = []
+    step = itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return [0, 0, size, itemsize, ptr, *shape, *reversed(strides)]
+
+
+def _is_c_array(t, dtype=None) -> bool:
+    """Whether Numba type ``t`` is a mutable C-contiguous array (of ``dtype``).  Duck-typed:
+    numba-cuda has its own type classes."""
+    return (getattr(t, "layout", None) == "C" and getattr(t, "mutable", False)
+            and (dtype is None or str(getattr(t, "dtype", "")) == dtype))
+
+
+def _remember(kernel, dtype, device, dtype_arg: int) -> None:
+    """Keep ``kernel``'s compiled code for raw launches on ``device`` where its argument
+    ``dtype_arg`` has ``dtype`` (one compiled signature must match)."""
+    if device is None or not config.RAW_LAUNCH or cuda.config.ENABLE_CUDASIM:
+        return
+    name = np.dtype(dtype).name
+    key = (kernel, name, device)
+    if key in _RAW:
+        return
+    try:
+        if not _RAW_LAUNCH:
+            from cuda.core import LaunchConfig, launch
+
+            _RAW_LAUNCH[:] = [launch, LaunchConfig]
+        found = [k for sig, k in kernel.overloads.items()
+                 if _is_c_array(sig[dtype_arg], name)
+                 and all(_is_c_array(t) for t in sig if hasattr(t, "layout"))]
+        if len(found) == 1:
+            _RAW[key] = found[0]._codelibrary.get_cufunc().kernel
+    except Exception:  # noqa: BLE001 - another numba-cuda: keep its ordinary launches
+        config.RAW_LAUNCH = False
+
+
+_FLOAT = {4: "float32", 8: "float64"}
+
+
+def _raw(launches, device, stream) -> bool:
+    """Launch each ``(kernel, grid, block, args, dtype_arg)`` raw; False, with nothing
+    launched, unless every kernel is known for its arguments' dtype on ``device``."""
+    if not config.RAW_LAUNCH:
+        return False
+    compiled = []
+    for kernel, grid, block, args, dtype_arg in launches:
+        code = _RAW.get((kernel, _FLOAT.get(args[dtype_arg][2]), device))
+        if code is None:
+            return False
+        params = []
+        for a in args:
+            if isinstance(a, RawArray):
+                params.extend(_packed(a))
+            elif isinstance(a, float):
+                params.append(ctypes.c_double(a))
+            else:
+                params.append(a)
+        compiled.append((code, grid, block, params))
+    launch, launch_config = _RAW_LAUNCH
+    for n, (code, grid, block, params) in enumerate(compiled):
+        try:
+            launch(stream, launch_config(grid=grid, block=block, shmem_size=0), code, *params)
+        except Exception:
+            config.RAW_LAUNCH = False
+            if n == 0:  # nothing ran: the caller launches the ordinary way
+                return False
+            raise  # the first kernel ran: repeating it could add its partials twice
+    return True
+
+
+def raw_forward(device, stream, x2, res2, w, b, eps, centered, y, h, mean, rstd) -> bool:
+    """:func:`launch_forward` on :class:`RawArray` arguments (``x2.shape`` and the rest as
+    there), raw; False when it cannot (the caller then launches the ordinary way)."""
+    rows, cols = x2[1]
+    if rows == 0:
+        return True
+    kernel, grid, block = _forward_launch(rows, cols)
+    args = (x2, res2, w, b, float(eps), bool(centered), y, h, mean, rstd)
+    if not _raw([(kernel, grid, block, args, 0)], device, stream):
+        return False
+    RAW_CALLS["forward"] += 1
+    return True
+
+
+def raw_backward(device, stream, gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part, dw, db) -> bool:
+    """:func:`launch_backward` on :class:`RawArray` arguments, raw; False when it cannot."""
+    rows, cols = x2[1]
+    main = (gy2, x2, mean, rstd, w, bool(centered), gres, gx, dw_part, db_part)
+    reduce = (dw_part, db_part, dw, db)
+    launches = [(kernel, grid, block, reduce if is_reduce else main, 2 if is_reduce else 1)
+                for kernel, grid, block, is_reduce in _backward_launches(rows, cols, dw_part[1][0], dw[1][0] != 0)]
+    if not _raw(launches, device, stream):
+        return False
+    RAW_CALLS["backward"] += 1
+    return True
 
 
 # ---------------------------------------------------------------------------------------

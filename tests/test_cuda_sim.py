@@ -234,3 +234,15 @@ def test_register_forward_keeps_its_accuracy_far_from_zero():
     ry, rmean, rrstd = reference.forward(x)
     np.testing.assert_allclose(rstd.copy_to_host(), rrstd, rtol=2e-6)
     assert np.abs(y.copy_to_host() - ry).max() < 4e-6
+
+
+@pytest.mark.parametrize("shape,dtype", [((3, 4), np.float32), ((2, 7), np.float64), ((5,), np.float32), ((), np.float64)])
+def test_raw_arrays_pack_as_numba_packs_them(shape, dtype):
+    """A raw launch's array arguments: (meminfo, parent, size, itemsize, data, *shape,
+    *strides), as numba-cuda's ``_Kernel._prepare_args`` packs a C-contiguous array.  (Empty
+    arrays' strides are never read; numpy and the packing differ there.)"""
+    from fastln import cuda as fcuda
+
+    a = np.empty(shape, dtype)
+    packed = fcuda._packed(fcuda.RawArray(a.ctypes.data, a.shape, a.itemsize))
+    assert packed == [0, 0, a.size, a.itemsize, a.ctypes.data, *a.shape, *a.strides]

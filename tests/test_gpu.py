@@ -123,3 +123,42 @@ def test_kernels_match_float64_torch_in_every_layout(monkeypatch, per, cols, cen
     for got, second, want in zip(grads, again, refs, strict=True):
         torch.testing.assert_close(got.double(), want, atol=1e-4 * (1 + float(want.abs().max())), rtol=0)
         assert torch.equal(got, second)
+
+
+@pytest.mark.parametrize("cols", [768, 9000])
+@pytest.mark.parametrize("centered", [True, False])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_raw_launches_give_the_ordinary_launches_bits(monkeypatch, cols, centered, with_residual):
+    """The bridge launches compiled kernels through cuda.core after their first ordinary
+    launch (``fastln.cuda.raw_forward``): same results, bit for bit, forward and backward,
+    on the register kernels (768) and the block-per-row ones (9000)."""
+    from fastln import cuda as fcuda
+
+    g = torch.Generator(device="cuda").manual_seed(cols)
+    x = torch.randn(37, cols, device="cuda", generator=g)
+    r = torch.randn(37, cols, device="cuda", generator=g) if with_residual else None
+    w = torch.randn(cols, device="cuda", generator=g)
+    gy = torch.randn(37, cols, device="cuda", generator=g)
+
+    def run():
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        rs = None if r is None else r.clone().requires_grad_()
+        if centered:
+            out = ft.add_layer_norm(xs, rs, (cols,), ws, ws) if rs is not None else ft.layer_norm(xs, (cols,), ws, ws)
+        else:
+            out = ft.add_rms_norm(xs, rs, (cols,), ws) if rs is not None else ft.rms_norm(xs, (cols,), ws)
+        y = out[0] if isinstance(out, tuple) else out
+        ins = (xs, ws) if rs is None else (xs, ws, rs)
+        return (y.detach(), *torch.autograd.grad(y, ins, gy))
+
+    monkeypatch.setattr(fcuda.config, "RAW_LAUNCH", False)
+    ordinary = run()
+    monkeypatch.setattr(fcuda.config, "RAW_LAUNCH", True)
+    run()  # an ordinary launch that keeps the compiled code
+    before = dict(fcuda.RAW_CALLS)
+    raw = run()
+    assert fcuda.config.RAW_LAUNCH, "the raw launch turned itself off"
+    assert fcuda.RAW_CALLS["forward"] == before["forward"] + 1, "the forward was not launched raw"
+    assert fcuda.RAW_CALLS["backward"] == before["backward"] + 1, "the backward was not launched raw"
+    for a, b in zip(ordinary, raw, strict=True):
+        assert torch.equal(a, b)

@@ -31,11 +31,11 @@ QUICK_SHAPES = [(2, 3), (4096, 1024), (8192, 4096), (32768, 1024)]
 #: the block-per-row kernels, and the register kernels' elements per thread and block size.
 SWEEP = {
     "block kernels": {"ROW_KERNELS": False},
+    "rows (defaults)": {},
+    "rows, no launch bounds": {"FORWARD_MIN_BLOCKS": None, "BACKWARD_MIN_BLOCKS": None},
+    "rows, launch bounds 4/3": {"FORWARD_MIN_BLOCKS": 4, "BACKWARD_MIN_BLOCKS": 3},
     "rows, 8 a thread": {"MAX_PER_THREAD": 8},
-    "rows, 16 a thread": {"MAX_PER_THREAD": 16},
     "rows, 32 a thread": {"MAX_PER_THREAD": 32},
-    "rows, 16 a thread, 128-thread blocks": {"MAX_PER_THREAD": 16, "ROW_BLOCK_THREADS": 128},
-    "rows, 16 a thread, 512 threads a row": {"MAX_PER_THREAD": 16, "MAX_ROW_THREADS": 512},
 }
 SWEEP_SHAPES = [(4096, 1024), (32768, 768), (8192, 4096), (512, 768)]
 
@@ -237,6 +237,11 @@ def _bench_case(shape, dtype, centered) -> dict:
         k_fwd, k_bwd = _kernel_calls(x, w.detach(), b.detach(), gy, centered)
         fns["kernel forward"] = k_fwd
         fns["kernel backward"] = k_bwd
+        # The bridge with Numba's ordinary launches (no raw launches through cuda.core).
+        ordinary = {"RAW_LAUNCH": False}
+        fns["fastln forward, ordinary launches"] = _configured(lambda: ours(x), ordinary)
+        fns["fastln backward, ordinary launches"] = _configured(
+            lambda: torch.autograd.grad(y_f, params, gy, retain_graph=True), ordinary)
     med = _interleaved(fns, x.numel())
     nbytes = x.numel() * x.element_size()
     row = {
@@ -256,6 +261,11 @@ def _bench_case(shape, dtype, centered) -> dict:
     if "kernel forward" in med:
         row["kernel_forward_vs_torch"] = med["torch forward"] / med["kernel forward"]
         row["kernel_backward_vs_torch"] = med["torch backward"] / med["kernel backward"]
+        row["raw_launch_forward_speedup"] = med["fastln forward, ordinary launches"] / med["fastln forward"]
+        row["raw_launch_backward_speedup"] = med["fastln backward, ordinary launches"] / med["fastln backward"]
+    from fastln import cuda as fcuda
+
+    row["raw_launch_on"] = fcuda.config.RAW_LAUNCH
     return row
 
 

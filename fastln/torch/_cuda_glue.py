@@ -38,6 +38,19 @@ def _vec(p, cols, cdt, device):
     return p.detach().to(cdt).reshape(cols).contiguous()
 
 
+def _launch(raw, ordinary, device, args):
+    """Launch through ``raw`` (``fcuda.raw_forward``/``raw_backward``) when it can, else
+    ``ordinary`` (which compiles, and makes the next ``raw`` possible).  ``args``: the
+    kernel's arguments, each array as ``(tensor, kernel_shape)``."""
+    stream = _stream()
+    if device != torch.cuda.current_device():  # Numba's context is the current device's
+        device = None
+    elif raw(device, stream, *[fcuda.RawArray(a[0].data_ptr(), a[1], a[0].element_size())
+                               if isinstance(a, tuple) else a for a in args]):
+        return
+    ordinary(*[_arr(a[0].view(a[1])) if isinstance(a, tuple) else a for a in args], stream=stream, device=device)
+
+
 def forward(x, residual, norm, rows, cols, weight, bias, eps, centered):
     cdt = _glue.compute_dtype(x.dtype)
     dev = x.device
@@ -50,16 +63,16 @@ def forward(x, residual, norm, rows, cols, weight, bias, eps, centered):
     if residual is not None:
         rc = residual.detach().to(cdt).contiguous()
         h = torch.empty_like(xc, memory_format=torch.contiguous_format)
-        res2, h2 = rc.view(rows, cols), h.view(rows, cols)
+        res2, h2 = (rc, (rows, cols)), (h, (rows, cols))
     else:
         h = torch.empty(0, dtype=x.dtype, device=dev)
-        res2 = h2 = torch.empty((0, 0), dtype=cdt, device=dev)
+        res2 = h2 = (torch.empty(0, dtype=cdt, device=dev), (0, 0))
     if rows:
-        fcuda.launch_forward(
-            _arr(xc.view(rows, cols)), _arr(res2), _arr(_vec(weight, cols, cdt, dev)),
-            _arr(_vec(bias, cols, cdt, dev)), eps, centered, _arr(y.view(rows, cols)), _arr(h2),
-            _arr(mean.view(-1)), _arr(rstd.view(rows)), stream=_stream(),
-        )
+        w, b = _vec(weight, cols, cdt, dev), _vec(bias, cols, cdt, dev)
+        _launch(fcuda.raw_forward, fcuda.launch_forward, dev.index, (
+            (xc, (rows, cols)), res2, (w, tuple(w.shape)), (b, tuple(b.shape)), float(eps), bool(centered),
+            (y, (rows, cols)), h2, (mean, (mean.numel(),)), (rstd, (rows,)),
+        ))
     if residual is not None:
         h = h.to(x.dtype)
     return y.to(x.dtype), h, mean, rstd
@@ -73,17 +86,21 @@ def backward(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered
     gx = torch.empty_like(hc, memory_format=torch.contiguous_format)
     part_cols = cols if need_params else 0
     blocks = fcuda.backward_blocks(rows, cols)
-    parts = torch.zeros((2, blocks, part_cols), dtype=torch.float64, device=dev)
-    dw = torch.zeros(part_cols, dtype=cdt, device=dev)
-    db = torch.zeros(part_cols, dtype=cdt, device=dev)
-    gres = (grad_res.detach().to(cdt).contiguous().view(rows, cols) if grad_res is not None
-            else torch.empty((0, 0), dtype=cdt, device=dev))
-    fcuda.launch_backward(
-        _arr(gyc.view(rows, cols)), _arr(hc.view(rows, cols)), _arr(mean.detach().contiguous().view(-1)),
-        _arr(rstd.detach().contiguous().view(rows)), _arr(_vec(weight, cols, cdt, dev)), centered,
-        _arr(gres), _arr(gx.view(rows, cols)), _arr(parts[0]), _arr(parts[1]), _arr(dw), _arr(db),
-        stream=_stream(),
-    )
+    # The block-per-row kernels add into their partials; the register kernels write them whole.
+    new = torch.zeros if fcuda.row_plan(cols) is None else torch.empty
+    parts = new((2, blocks, part_cols), dtype=torch.float64, device=dev)
+    dw = torch.empty(part_cols, dtype=cdt, device=dev)
+    db = torch.empty(part_cols, dtype=cdt, device=dev)
+    gres = ((grad_res.detach().to(cdt).contiguous(), (rows, cols)) if grad_res is not None
+            else (torch.empty(0, dtype=cdt, device=dev), (0, 0)))
+    w = _vec(weight, cols, cdt, dev)
+    mean = mean.detach().contiguous()
+    _launch(fcuda.raw_backward, fcuda.launch_backward, dev.index, (
+        (gyc, (rows, cols)), (hc, (rows, cols)), (mean, (mean.numel(),)),
+        (rstd.detach().contiguous(), (rows,)), (w, tuple(w.shape)), bool(centered),
+        gres, (gx, (rows, cols)), (parts[0], (blocks, part_cols)), (parts[1], (blocks, part_cols)),
+        (dw, (part_cols,)), (db, (part_cols,)),
+    ))
     if need_params:
         return gx, dw.reshape(norm), db.reshape(norm)
     return gx, dw, db
