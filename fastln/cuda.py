@@ -53,6 +53,11 @@ class config:
     #: 1024-thread blocks of the block-per-row kernels did on an H200.
     MAX_PER_THREAD = 16
     MAX_ROW_THREADS = 256
+    #: The backward's: 8 where the row fits (more threads a row, fewer registers a thread).
+    #: On an H200 (``tools/gpu_suite.py`` sweep, kernels alone) 8 against 16 took 348 against
+    #: 605 us at 32768x768 and 96 against 118 us at 4096x1024; the forward was faster with 16
+    #: (132 against 167 us at 32768x768).
+    BACKWARD_MAX_PER_THREAD = 8
     #: Threads of a register-kernel block (several rows at once when a row needs fewer).
     ROW_BLOCK_THREADS = 64 if cuda.config.ENABLE_CUDASIM else 256
     #: Bytes of the register backward's float64 dw/db partials (one row per row group),
@@ -287,14 +292,16 @@ def _kernels(tpb: int, use_shuffle: bool):
     return forward, backward, reduce
 
 
-def row_plan(cols: int):
-    """``(row_threads, per_thread)`` of the register kernels for rows of ``cols``, or None
+def row_plan(cols: int, max_per: int | None = None):
+    """``(row_threads, per_thread)`` of the register forward for rows of ``cols``, or None
     when the row is too long for registers: the fewest threads (a power of two from 32) for
-    which ``per_thread`` (a power of two) reaches ``config.MAX_PER_THREAD`` or less."""
+    which ``per_thread`` (a power of two) reaches ``max_per`` (default
+    ``config.MAX_PER_THREAD``) or less."""
     if not config.ROW_KERNELS or cols == 0:
         return None
+    max_per = config.MAX_PER_THREAD if max_per is None else max_per
     row_threads = 32
-    while row_threads * config.MAX_PER_THREAD < cols:
+    while row_threads * max_per < cols:
         row_threads *= 2
         if row_threads > config.MAX_ROW_THREADS:
             return None
@@ -302,6 +309,18 @@ def row_plan(cols: int):
     while row_threads * per < cols:
         per *= 2
     return row_threads, per
+
+
+def backward_row_plan(cols: int):
+    """:func:`row_plan` of the register backward: ``config.BACKWARD_MAX_PER_THREAD`` elements
+    a thread where the row fits that, else as the forward."""
+    return row_plan(cols, config.BACKWARD_MAX_PER_THREAD) or row_plan(cols)
+
+
+def partials_zeroed(cols: int) -> bool:
+    """Whether a backward over rows of ``cols`` needs its dw/db partials zeroed (the
+    block-per-row kernels add into them; the register kernels write them whole)."""
+    return backward_row_plan(cols) is None
 
 
 def row_groups(rows: int, cols: int) -> int:
@@ -553,24 +572,24 @@ def kernels():
 # ---------------------------------------------------------------------------------------
 # Launchers (no checks): 2-D C-contiguous device arrays in, results written in place
 # ---------------------------------------------------------------------------------------
-def _row_launch(cols: int):
-    """``(forward, backward, groups_per_block, threads)`` of the register kernels for rows
-    of ``cols``, or None (see :func:`row_plan`)."""
-    plan = row_plan(cols)
+def _row_launch(cols: int, backward: bool = False):
+    """``(kernel, groups_per_block, threads)`` of the register forward (or backward) for
+    rows of ``cols``, or None (see :func:`row_plan`, :func:`backward_row_plan`)."""
+    plan = backward_row_plan(cols) if backward else row_plan(cols)
     if plan is None:
         return None
     row_threads, per = plan
     block_threads = max(row_threads, config.ROW_BLOCK_THREADS // row_threads * row_threads)
-    forward, backward = _row_kernels(row_threads, per, block_threads, config.USE_SHUFFLE,
-                                     config.FORWARD_MIN_BLOCKS, config.BACKWARD_MIN_BLOCKS)
-    return forward, backward, block_threads // row_threads, block_threads
+    kernels = _row_kernels(row_threads, per, block_threads, config.USE_SHUFFLE,
+                           config.FORWARD_MIN_BLOCKS, config.BACKWARD_MIN_BLOCKS)
+    return kernels[1 if backward else 0], block_threads // row_threads, block_threads
 
 
 def _forward_launch(rows: int, cols: int):
     """``(kernel, grid, block)`` of a forward over ``rows`` rows (at least one) of ``cols``."""
     row = _row_launch(cols)
     if row is not None:
-        forward, _, groups, threads = row
+        forward, groups, threads = row
         return forward, min(-(-rows // groups), 65535), threads
     return kernels()[0], min(rows, 65535), config.THREADS_PER_BLOCK
 
@@ -579,9 +598,9 @@ def _backward_launches(rows: int, cols: int, parts: int, param_grads: bool):
     """``[(kernel, grid, block, uses_reduce)]`` of a backward: the row kernel (none for no
     rows on the block-per-row kernels), then the reduction of the partials."""
     launches = []
-    row = _row_launch(cols)
+    row = _row_launch(cols, backward=True)
     if row is not None:  # launched for no rows too: it writes the partials (zeros) whole
-        _, backward, groups, threads = row
+        backward, groups, threads = row
         launches.append((backward, -(-parts // groups), threads, False))
     elif rows:
         launches.append((kernels()[1], parts, config.THREADS_PER_BLOCK, False))
@@ -605,7 +624,7 @@ def launch_forward(x2, res2, w, b, eps, centered, y, h, mean, rstd, stream=0, de
 def backward_blocks(rows: int, cols: int | None = None) -> int:
     """Rows of the dw/db partials of a backward launch (blocks, or the register kernels'
     row groups): a function of the shape only (deterministic dw/db)."""
-    if cols is not None and _row_launch(cols) is not None:
+    if cols is not None and not partials_zeroed(cols):
         return row_groups(rows, cols)
     return max(1, min(rows, config.MAX_BACKWARD_BLOCKS))
 
@@ -697,6 +716,7 @@ def _remember(kernel, dtype, device, dtype_arg: int) -> None:
 
 
 _FLOAT = {4: "float32", 8: "float64"}
+_CONFIGS: dict = {}  # (grid, block) -> cuda.core LaunchConfig
 
 
 def _raw(launches, device, stream) -> bool:
@@ -721,7 +741,12 @@ def _raw(launches, device, stream) -> bool:
     launch, launch_config = _RAW_LAUNCH
     for n, (code, grid, block, params) in enumerate(compiled):
         try:
-            launch(stream, launch_config(grid=grid, block=block, shmem_size=0), code, *params)
+            shape = _CONFIGS.get((grid, block))
+            if shape is None:
+                if len(_CONFIGS) > 4096:  # grids follow the row count: keep the cache bounded
+                    _CONFIGS.clear()
+                shape = _CONFIGS[grid, block] = launch_config(grid=grid, block=block, shmem_size=0)
+            launch(stream, shape, code, *params)
         except Exception:
             config.RAW_LAUNCH = False
             if n == 0:  # nothing ran: the caller launches the ordinary way
@@ -858,7 +883,7 @@ def _backward(centered, grad_y, x, mean, rstd, weight, normalized_shape):
             raise _checks.ShapeError(f"{name} must have shape {lay.lead_shape}, got {tuple(s.shape)}")
         stats.append(s.reshape(lay.rows))
     blocks = backward_blocks(lay.rows, lay.cols)
-    if _row_launch(lay.cols) is not None:  # the register kernels write their partials whole
+    if not partials_zeroed(lay.cols):  # the register kernels write their partials whole
         dw_part = cuda.device_array((blocks, lay.cols), np.float64)
         db_part = cuda.device_array((blocks, lay.cols), np.float64)
     else:

@@ -193,13 +193,16 @@ def test_register_kernels_in_every_layout(monkeypatch, centered, rows, cols):
     """Rows in registers: several rows a block (9x5: four groups of one warp, the last
     block part empty), rows over several warps (70 and 129 columns: 64 and 128 threads a
     row, two elements each, merged through shared memory), groups that take several rows
-    (at most 3 groups, so dw/db add rows in registers), and a ragged last element."""
+    (at most 3 groups, so dw/db add rows in registers), and a ragged last element.  The
+    backward keeps one element a thread, so its layout differs from the forward's."""
     from fastln import cuda as fcuda
 
     monkeypatch.setattr(fcuda.config, "MAX_PER_THREAD", 2)
+    monkeypatch.setattr(fcuda.config, "BACKWARD_MAX_PER_THREAD", 1)
     monkeypatch.setattr(fcuda.config, "ROW_BLOCK_THREADS", 128)
     monkeypatch.setattr(fcuda.config, "MAX_GROUPS", 3)
     assert fcuda.row_plan(cols) == {5: (32, 1), 70: (64, 2), 129: (128, 2), 1: (32, 1)}[cols]
+    assert fcuda.backward_row_plan(cols) == {5: (32, 1), 70: (128, 1), 129: (256, 1), 1: (32, 1)}[cols]
     rng = np.random.default_rng(rows * cols)
     x = (rng.standard_normal((rows, cols)) * 2 + 7).astype(np.float32)
     g = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -215,8 +218,9 @@ def test_block_kernels_take_rows_too_long_for_registers(monkeypatch, centered, d
     from fastln import cuda as fcuda
 
     monkeypatch.setattr(fcuda.config, "MAX_PER_THREAD", 1)
+    monkeypatch.setattr(fcuda.config, "BACKWARD_MAX_PER_THREAD", 1)
     monkeypatch.setattr(fcuda.config, "MAX_ROW_THREADS", 32)
-    assert fcuda.row_plan(40) is None and fcuda.row_plan(32) == (32, 1)
+    assert fcuda.row_plan(40) is None and fcuda.backward_row_plan(40) is None and fcuda.row_plan(32) == (32, 1)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((5, 2, 20)).astype(dtype)
     g = rng.standard_normal((5, 2, 20)).astype(dtype)

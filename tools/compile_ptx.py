@@ -70,13 +70,15 @@ def main() -> int:
     sigs = _signatures(args.dtype)
     cases = {"block kernels": dict(zip(("forward", "backward", "reduce"), fcuda._kernels(256, True), strict=True))}
     for cols in args.cols:
-        row = fcuda._row_launch(cols)
-        if row is not None:
-            cases[f"{cols} columns {fcuda.row_plan(cols)}"] = {"forward": row[0], "backward": row[1]}
+        fwd, bwd = fcuda._row_launch(cols), fcuda._row_launch(cols, backward=True)
+        if fwd is not None:
+            cases[f"{cols} columns, forward {fcuda.row_plan(cols)}"] = {"forward": fwd[0]}
+        if bwd is not None:
+            cases[f"{cols} columns, backward {fcuda.backward_row_plan(cols)}"] = {"backward": bwd[0]}
     for case, kernels in cases.items():
         for name, kernel in kernels.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, sigs[name], cc=cc, **getattr(kernel, "_fastln_options", {}))
-            print(f"{case:32} {name:9} {len(ptx):7d} chars of PTX, {ptx.count('shfl.sync'):3d} shfl.sync, "
+            print(f"{case:40} {name:9} {len(ptx):7d} chars of PTX, {ptx.count('shfl.sync'):3d} shfl.sync, "
                   f"{_registers(ptxas, ptx, cc)}")
             if args.out:
                 args.out.mkdir(parents=True, exist_ok=True)

@@ -32,21 +32,21 @@ QUICK_SHAPES = [(2, 3), (4096, 1024), (8192, 4096), (32768, 1024)]
 SWEEP = {
     "block kernels": {"ROW_KERNELS": False},
     "rows (defaults)": {},
-    "rows, no launch bounds": {"FORWARD_MIN_BLOCKS": None, "BACKWARD_MIN_BLOCKS": None},
-    "rows, launch bounds 4/3": {"FORWARD_MIN_BLOCKS": 4, "BACKWARD_MIN_BLOCKS": 3},
-    "rows, 8 a thread": {"MAX_PER_THREAD": 8},
-    "rows, 32 a thread": {"MAX_PER_THREAD": 32},
+    "rows, backward 16 a thread": {"BACKWARD_MAX_PER_THREAD": 16},
+    "rows, backward 4 a thread": {"BACKWARD_MAX_PER_THREAD": 4},
+    "rows, 1024 row groups": {"MAX_GROUPS": 1024},
+    "rows, 2048 row groups": {"MAX_GROUPS": 2048},
 }
-SWEEP_SHAPES = [(4096, 1024), (32768, 768), (8192, 4096), (512, 768)]
+SWEEP_SHAPES = [(32768, 768), (8192, 4096), (4096, 1024)]
 
 
-def run_tests(out: Path, timeout: float) -> int:
+def run_tests(out: Path, timeout: float, select: str | None = None) -> int:
     """The real-GPU tests and the simulator's tests on hardware; the log is streamed to a file."""
     env = dict(os.environ, FASTLN_TEST_REAL_GPU="1", NUMBA_ENABLE_CUDASIM="0",
                FASTLN_TEST_WARM="0",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "tests/test_gpu.py", "tests/test_cuda_sim.py",
-           "-p", "no:cacheprovider"]
+           "-p", "no:cacheprovider"] + (["-k", select] if select else [])
     try:
         import pytest_timeout  # noqa: F401
 
@@ -176,7 +176,7 @@ def _kernel_calls(x, w, b, gy, centered):
     none2 = torch.empty((0, 0), dtype=x.dtype, device=x.device)
     bias = b if centered else torch.empty(0, dtype=x.dtype, device=x.device)
     blocks = fcuda.backward_blocks(rows, cols)
-    zeroed = fcuda.row_plan(cols) is None  # the block-per-row kernels add into their partials
+    zeroed = fcuda.partials_zeroed(cols)  # the block-per-row kernels add into their partials
     parts = torch.zeros((2, blocks, cols), dtype=torch.float64, device=x.device)
     gx, dw, db = torch.empty_like(x), torch.empty_like(w), torch.empty_like(w)
     a = {k: arr(v) for k, v in dict(x=x, w=w, b=bias, y=y, mean=mean, rstd=rstd, none2=none2, gy=gy,
@@ -195,7 +195,7 @@ def _kernel_calls(x, w, b, gy, centered):
 
     forward()
     torch.cuda.synchronize()
-    _last_y[0] = y
+    _last[:] = [y, gx, dw, db]
     return forward, backward
 
 
@@ -278,14 +278,17 @@ def _sweep_case(shape) -> dict:
     x = torch.randn(shape, device="cuda")
     w, b = torch.randn(shape[1], device="cuda"), torch.randn(shape[1], device="cuda")
     gy = torch.randn_like(x)
-    ref = F.layer_norm(x, shape[1:], w, b)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref = F.layer_norm(leaves[0], shape[1:], leaves[1], leaves[2])
+    ref_gx, ref_dw, _ = torch.autograd.grad(ref, leaves, gy)
+    ref = ref.detach()
     from fastln import cuda as fcuda
 
     fns, errors, failed, plans, regs = {}, {}, {}, {}, {}
     for name, settings in SWEEP.items():
         try:
             with _config(settings):
-                plans[name] = fcuda.row_plan(shape[1])
+                plans[name] = [fcuda.row_plan(shape[1]), fcuda.backward_row_plan(shape[1])]
                 fwd, bwd = _kernel_calls(x, w, b, gy, True)
                 bwd()
                 torch.cuda.synchronize()
@@ -295,11 +298,13 @@ def _sweep_case(shape) -> dict:
             continue
         fns[f"forward, {name}"] = _configured(fwd, settings)
         fns[f"backward, {name}"] = _configured(bwd, settings)
-        errors[name] = float((_last_y[0] - ref).abs().max())
+        y, gx, dw, _ = _last
+        errors[name] = {"y": float((y - ref).abs().max()), "gx": float((gx - ref_gx).abs().max()),
+                        "dw": float((dw - ref_dw).abs().max())}
     fns["copy"] = lambda: x.clone()
     fns["torch forward"] = lambda: F.layer_norm(x, shape[1:], w, b)
     med = _interleaved(fns, x.numel())
-    return {"shape": shape, "median_s": med, "row_plan": plans, "forward_max_abs_diff_vs_torch": errors,
+    return {"shape": shape, "median_s": med, "row_plan": plans, "max_abs_diff_vs_torch": errors,
             "failed": failed, "registers": regs}
 
 
@@ -308,8 +313,8 @@ def _registers(cols: int) -> dict:
     for rows of ``cols`` (after they ran)."""
     from fastln import cuda as fcuda
 
-    row = fcuda._row_launch(cols)
-    kernels = row[:2] if row is not None else fcuda.kernels()[:2]
+    fwd, bwd = fcuda._row_launch(cols), fcuda._row_launch(cols, backward=True)
+    kernels = (fwd[0] if fwd else fcuda.kernels()[0], bwd[0] if bwd else fcuda.kernels()[1])
     regs = {}
     for kernel in kernels:
         try:
@@ -320,7 +325,7 @@ def _registers(cols: int) -> dict:
     return regs
 
 
-_last_y: list = [None]
+_last: list = []  # y, gx, dw, db of the latest _kernel_calls
 
 
 class _config:
@@ -416,15 +421,21 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu")
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
     ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--no-sweep", action="store_true", help="skip the threads-per-block sweep")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the sweep of kernel configurations")
+    ap.add_argument("--sweep-shapes", type=int, default=None, help="sweep only the first N shapes")
     ap.add_argument("--test-timeout", type=float, default=300.0, help="seconds for the whole test run")
+    ap.add_argument("--test-filter", default=None, help="pytest -k expression for the tests")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profile of the bridge")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rc = 0 if args.skip_tests else run_tests(args.out, args.test_timeout)
+    rc = 0 if args.skip_tests else run_tests(args.out, args.test_timeout, args.test_filter)
     try:
-        run_profile(args.out)
+        if not args.no_profile:
+            run_profile(args.out)
     except Exception:  # noqa: BLE001 - the benchmark still runs
         traceback.print_exc()
+    if args.sweep_shapes is not None:
+        del SWEEP_SHAPES[args.sweep_shapes:]
     run_bench(args.out, args.quick, not args.no_sweep)
     return rc
 

@@ -87,7 +87,7 @@ def backward(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered
     part_cols = cols if need_params else 0
     blocks = fcuda.backward_blocks(rows, cols)
     # The block-per-row kernels add into their partials; the register kernels write them whole.
-    new = torch.zeros if fcuda.row_plan(cols) is None else torch.empty
+    new = torch.zeros if fcuda.partials_zeroed(cols) else torch.empty
     parts = new((2, blocks, part_cols), dtype=torch.float64, device=dev)
     dw = torch.empty(part_cols, dtype=cdt, device=dev)
     db = torch.empty(part_cols, dtype=cdt, device=dev)
