@@ -394,6 +394,8 @@ def run_profile(out: Path) -> None:
 
 
 def _plot(data, path):
+    """One panel per norm and dtype: forward and backward speed-ups over torch, through the
+    bridge (bars) and, for float32, of the kernels alone (dots)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -402,18 +404,32 @@ def _plot(data, path):
     rows = data["results"]
     if not rows:
         return
-    labels = [f"{r['norm'].split('_')[0]} {r['shape'][0]}x{r['shape'][1]}\n{r['dtype']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(12, len(rows) * 0.6), 5), constrained_layout=True)
-    xs = range(len(rows))
-    ax.bar([i - 0.2 for i in xs], [r["forward_vs_torch"] for r in rows], 0.4, label="forward")
-    ax.bar([i + 0.2 for i in xs], [r["backward_vs_torch"] for r in rows], 0.4, label="backward")
-    ax.axhline(1, color="k", ls="--", lw=1)
-    ax.set_yscale("log")
-    ax.set_xticks(list(xs), labels, fontsize=7)
-    ax.set_ylabel("speed-up over torch CUDA (torch time / fastln time)")
-    ax.set_title(f"fastln.torch on {data['device']}")
-    ax.legend()
-    fig.savefig(path, dpi=110)
+    panels = sorted({(r["norm"], r["dtype"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.5), constrained_layout=True,
+                             squeeze=False, sharey=True)
+    for ax, (norm, dtype) in zip(axes[0], panels, strict=True):
+        sub = [r for r in rows if (r["norm"], r["dtype"]) == (norm, dtype)]
+        xs = list(range(len(sub)))
+        for dx, key, color in ((-0.2, "forward", "tab:blue"), (0.2, "backward", "tab:orange")):
+            ax.bar([i + dx for i in xs], [r[f"{key}_vs_torch"] for r in sub], 0.4, color=color,
+                   label=f"{key}, fastln.torch")
+            kernel = [r.get(f"kernel_{key}_vs_torch") for r in sub]
+            if any(k is not None for k in kernel):
+                ax.plot([i + dx for i, k in zip(xs, kernel, strict=True) if k is not None],
+                        [k for k in kernel if k is not None], "o", color="k", ms=4,
+                        label="kernels alone (ordinary Numba launch)" if key == "forward" else None)
+        ax.axhline(1, color="k", ls="--", lw=1)
+        ax.set_yscale("log")
+        ax.set_xticks(xs, [f"{r['shape'][0]}x{r['shape'][1]}" for r in sub], rotation=40, ha="right", fontsize=8)
+        ax.set_title(f"{norm} {dtype}")
+    axes[0][0].set_ylabel("torch time / fastln time (above 1: fastln faster)")
+    legend = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=3)
+    fig.suptitle(f"fastln's CUDA path against torch on {data['device']}")
+    fig.savefig(path, dpi=100)
 
 
 def main() -> int:
@@ -423,10 +439,14 @@ def main() -> int:
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--no-sweep", action="store_true", help="skip the sweep of kernel configurations")
     ap.add_argument("--sweep-shapes", type=int, default=None, help="sweep only the first N shapes")
+    ap.add_argument("--replot", type=Path, default=None, help="only redraw the plot of this gpu-bench.json")
     ap.add_argument("--test-timeout", type=float, default=300.0, help="seconds for the whole test run")
     ap.add_argument("--test-filter", default=None, help="pytest -k expression for the tests")
     ap.add_argument("--no-profile", action="store_true", help="skip the profile of the bridge")
     args = ap.parse_args()
+    if args.replot is not None:
+        _plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     rc = 0 if args.skip_tests else run_tests(args.out, args.test_timeout, args.test_filter)
     try:
