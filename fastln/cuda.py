@@ -369,16 +369,18 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
     most ``per`` terms, merged in float64.  So ``M2^ = sum((x - mu^)^2) (1 + e)`` with
     ``|e| <= g_(per+5)``, and ``sum((x - mu^)^2) = M2 + C delta^2``, where ``C delta^2 <=
     g_(per+1)^2 sum((x - p)^2) <= g_(per+1)^2 (C + 1) M2`` (Cauchy-Schwarz, and
-    ``(p - mean)^2 <= M2`` because ``p`` is one of the row's elements).  For float32,
-    ``per <= 16`` and ``C <= 8192``: ``|M2^ - M2| / M2 <= 1.3e-6 + 3.6e-9`` -- with no
-    cancellation and no certification: an offset of any size costs nothing.
+    ``(p - mean)^2 <= M2`` because ``p`` is one of the row's elements).  For float32 with
+    the defaults (``per <= 16``, ``C <= 256 * 16``): ``|M2^ - M2| / M2 <= 1.3e-6 + 4.2e-9``
+    (``g_21`` and ``g_17^2 * 4097``) -- with no cancellation and no certification: an offset
+    of any size costs nothing.
     RMSNorm sums ``x^2`` the same way (``|e| <= g_(per+1)``).
 
     **Backward.**  ``sum(x_hat-ish)``, ``sum(w dy)`` and ``sum(w dy (x - m))`` are float32
     (float64 data: float64) per thread and merged in float64, as above.  ``dw``/``db`` are
-    accumulated per thread over the rows its group takes (``rows / groups`` of them; see
-    :func:`row_groups`), in the data's dtype, and written as one float64 partial row per
-    group; ``reduce`` adds the partial rows in group order: deterministic.
+    accumulated per thread over the rows its group takes (``ceil(rows / groups)`` of them;
+    see :func:`row_groups`), in the data's dtype -- an error of at most ``g_k`` of the sum of
+    the terms' magnitudes for ``k`` rows -- and written as one float64 partial row per
+    group; ``reduce`` adds the partial rows in a fixed order: deterministic.
     """
     groups = block_threads // row_threads
     warps = row_threads // 32
