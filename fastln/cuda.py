@@ -95,6 +95,29 @@ def _sum3(a, b, c, d, e, f):
     return a + d, b + e, c + f
 
 
+@cuda.jit(device=True, inline=True)
+def _normalized(v, mean_t, resid_t, r_t, w, b, j, has_w, has_b):
+    """Output element ``j`` of a row from its element ``v``: the CPU kernels' formula (centre
+    on the mean's head in the data's dtype, then take the tail away)."""
+    out = ((v - mean_t) - resid_t) * r_t
+    if has_w:
+        out = out * w[j]
+    if has_b:
+        out = out + b[j]
+    return out
+
+
+@cuda.jit(device=True, inline=True)
+def _grad_coefficients(centered, s_d, s_g, s_gd, r, cols):
+    """float64 ``(corr, c1, c2)`` of a row's input gradient from its float64 sums of
+    ``x - m``, ``w dy`` and ``w dy (x - m)``: ``gx = (w dy - (x_hat c1 + c2)) r`` with
+    ``x_hat = ((x - m) - corr) r`` (RMSNorm: ``m = corr = c2 = 0``)."""
+    if centered:
+        corr = s_d / cols
+        return corr, (s_gd - corr * s_g) * r / cols, s_g / cols
+    return 0.0, s_gd * r / cols, 0.0
+
+
 #: Row slices of the partials that ``reduce`` adds at once (threads a column).
 REDUCE_SLICES = 2 if cuda.config.ENABLE_CUDASIM else 8
 
@@ -200,12 +223,7 @@ def _kernels(tpb: int, use_shuffle: bool):
             resid_t = cast(mu - np.float64(mean_t))
             r_t = cast(r)
             for j in range(tid, cols, tpb):
-                v = ((src[i, j] - mean_t) - resid_t) * r_t
-                if has_w:
-                    v = v * w[j]
-                if has_b:
-                    v = v + b[j]
-                y[i, j] = v
+                y[i, j] = _normalized(src[i, j], mean_t, resid_t, r_t, w, b, j, has_w, has_b)
             if tid == 0:
                 if mean.shape[0] != 0:
                     mean[i] = mu
@@ -239,14 +257,9 @@ def _kernels(tpb: int, use_shuffle: bool):
                 s_g += wdy
                 s_gd += wdy * d
             s_d, s_g, s_gd = block_sums(s_d, s_g, s_gd, sh_a, sh_b, sh_c)
-            if centered:
-                corr = s_d / cols
-                c1 = cast((s_gd - corr * s_g) * r / cols)
-                c2 = cast(s_g / cols)
-            else:
-                corr = 0.0
-                c1 = cast(s_gd * r / cols)
-                c2 = cast(0.0)
+            corr, c1, c2 = _grad_coefficients(centered, s_d, s_g, s_gd, r, cols)
+            c1 = cast(c1)
+            c2 = cast(c2)
             corr_t = cast(corr)
             r_t = cast(r)
             for j in range(tid, cols, tpb):
@@ -469,12 +482,7 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
                 for k in range(per):
                     j = lane + k * row_threads
                     if j < cols:
-                        v = ((vals[k] - mean_t) - resid_t) * r_t
-                        if has_w:
-                            v = v * w[j]
-                        if has_b:
-                            v = v + b[j]
-                        y[ii, j] = v
+                        y[ii, j] = _normalized(vals[k], mean_t, resid_t, r_t, w, b, j, has_w, has_b)
                 if lane == 0:
                     if mean.shape[0] != 0:
                         mean[ii] = mu
@@ -534,14 +542,9 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
             t_g = group_sum(np.float64(s_g), sh, lane, group)
             t_gd = group_sum(np.float64(s_gd), sh, lane, group)
             if active:
-                if centered:
-                    corr = t_d / cols
-                    c1 = cast((t_gd - corr * t_g) * r / cols)
-                    c2 = cast(t_g / cols)
-                else:
-                    corr = 0.0
-                    c1 = cast(t_gd * r / cols)
-                    c2 = cast(0.0)
+                corr, c1, c2 = _grad_coefficients(centered, t_d, t_g, t_gd, r, cols)
+                c1 = cast(c1)
+                c2 = cast(c2)
                 corr_t = cast(corr)
                 r_t = cast(r)
                 for k in range(per):
