@@ -238,3 +238,25 @@ def test_compile_without_a_cache_says_so():
                          env={**os.environ, "FASTLN_CACHE": "0"}, timeout=300)
     assert out.returncode == 1
     assert "kernel cache is off" in out.stderr
+
+
+def test_gpu_suite_replots_the_committed_results(tmp_path):
+    """``tools/gpu_suite.py --replot`` draws a committed GPU run again (CPU only): the plot code
+    and the results' schema agree, and the ratios it plots are the medians' ratios."""
+    pytest.importorskip("matplotlib")
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src = root / "benchmarks" / "results" / "gpu-h200" / "full-bench.json"
+    data = json.loads(src.read_text())
+    for row in data["results"]:
+        med = row["median_s"]
+        assert row["forward_vs_torch"] == pytest.approx(med["torch forward"] / med["fastln forward"])
+        assert row["backward_vs_torch"] == pytest.approx(med["torch backward"] / med["fastln backward"])
+    copy = tmp_path / "bench.json"
+    shutil.copy(src, copy)
+    subprocess.run([sys.executable, str(root / "tools" / "gpu_suite.py"), "--replot", str(copy)], check=True,
+                   env={**os.environ, "MPLBACKEND": "Agg"})
+    png = tmp_path / "bench.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
