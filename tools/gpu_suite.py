@@ -1,13 +1,24 @@
 """Run fastln's GPU tests and GPU benchmark on a CUDA machine; write results.
 
     python tools/gpu_suite.py [--out benchmarks/results/gpu] [--quick] [--skip-tests]
+        [--test-filter EXPR] [--test-timeout S] [--no-profile] [--no-sweep] [--sweep-shapes N]
+    python tools/gpu_suite.py --replot gpu-bench.json      # redraw a run's plot, no GPU needed
 
-Needs torch with CUDA, numba-cuda (``pip install 'fastln[cuda]'``) and pytest.  Writes
-``gpu-tests.txt`` (the pytest log, written as it runs), ``gpu-bench.json`` (device, driver,
-versions, shapes, medians, ratios; rewritten after every case, so a run cut short keeps what
-it measured) and ``gpu-bench.png`` under --out.  Times are CUDA-event medians of interleaved
-rounds; each case also times the bare kernel launch (no torch bridge) so that the bridge's
-Python cost and the kernel's time can be told apart, and a sweep of threads per block.
+Needs torch with CUDA, numba-cuda (``pip install 'fastln[cuda]'``) and pytest.  Writes under
+--out:
+
+* ``gpu-tests.txt``: the pytest log of ``tests/test_gpu.py`` and ``tests/test_cuda_sim.py`` on
+  hardware, written as it runs;
+* ``gpu-profile.txt``: cProfile of 100 forward+backward calls of ``fastln.torch`` (4096x1024);
+* ``gpu-bench.json``: device, driver, versions, and per case (norm, shape, dtype) the medians
+  of fastln.torch, torch, a copy, the kernels alone (ordinary Numba launches) and the bridge
+  with raw launches turned off, their ratios, and the largest difference from torch; then
+  ``tpb_sweep`` (the name is historical): kernel configurations of ``fastln.cuda.config`` timed
+  side by side, with their register counts and errors.  Rewritten after every case, so a run
+  cut short keeps what it measured;
+* ``gpu-bench.png``: one panel per norm and dtype.
+
+Times are medians of 7 interleaved rounds of CUDA-event timings.
 """
 
 from __future__ import annotations
