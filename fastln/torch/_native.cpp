@@ -10,10 +10,10 @@
 // It takes only the common case: plain (not subclassed, not Python-dispatched) contiguous
 // CPU float32/float64 tensors of one dtype, or bfloat16/float16 ones (converted in the
 // kernels) with parameters of their dtype or float32 (torch's mixed-precision rule),
-// int/sequence normalized_shape, a float eps, row kernels.  Anything else returns None, and the Python bridge (fastln/torch/functional.py)
-// takes the call with its full checks and torch's errors; so does a backward that must build
-// a graph (create_graph=True).  The kernels are the Python path's, so results are bitwise
-// the same.  The serial/parallel choice and the backward chunking are fastln._api's,
+// int/sequence normalized_shape, a float eps, row kernels.  Anything else returns None, and
+// the Python bridge (fastln/torch/functional.py) takes the call with its full checks and
+// torch's errors; so does a backward that must build a graph (create_graph=True).  The
+// kernels are the Python path's, so results are bitwise the same.  The serial/parallel choice and the backward chunking are fastln._api's,
 // with its constants handed over by configure().
 #include <ATen/Parallel.h>
 #include <ATen/PythonTorchFunctionTLS.h>
@@ -288,10 +288,10 @@ Forward run_forward_half(const Tensor& x, const Tensor* res, const Tensor* w, co
 // around parallel work, as Numba's nogil dispatch does for the Python bridge.
 Forward run_forward(const Tensor& x, const Tensor* res, const Tensor* w, const Tensor* b, double eps,
                     bool centered, int64_t rows, int64_t cols, bool keep_stats) {
-  Forward o;
   const at::ScalarType dt = x.scalar_type();
   const int64_t fmt = half_fmt(dt);
   if (fmt >= 0) return run_forward_half(x, res, w, b, eps, centered, rows, cols, fmt);
+  Forward o;
   o.y = empty(x.sizes(), dt);
   if (res) o.h = empty(x.sizes(), dt);
   if (keep_stats) {
