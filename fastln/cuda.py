@@ -4,17 +4,17 @@ Imported only when device data arrives, so ``import fastln`` never needs CUDA.
 
 Kernels (same math and names as :mod:`fastln.cpu`):
 
-``forward``  one block per row (grid-stride over rows).  Each thread sums its strided share
-    of the row in float64, shifted by its own first element (the CPU kernel's block trick:
-    the shift is a member of the share, so the single-sweep M2 loses at most a factor of
-    the share's length), then the block merges (count, mean, M2) with Chan's formula:
-    warp shuffles then shared memory on real hardware, shared memory alone in the
-    simulator, which has no shuffles.  The output sweep centres on the mean rounded to the
-    data's dtype and takes the residual away after, as on the CPU.
-``backward`` one block per row again; row sums (float64) by the same block reduction, then
-    ``gx`` and per-block ``dw``/``db`` partials: thread ``t`` owns columns ``t, t + T, ...``
-    of its block's partial row, so no atomics are needed.
-``reduce``   one thread per column sums the block partials in block order: deterministic.
+``forward``  one block per row (grid-stride over rows).  Two passes over the row for its
+    statistics, each thread summing chunks of its strided share in the data's dtype and
+    adding each chunk's sum into a float64 total (the bound is in ``_kernels``); the block
+    adds the totals in a fixed tree: warp shuffles then shared memory on real hardware,
+    shared memory alone in the simulator, which has no shuffles.  The output sweep centres
+    on the mean rounded to the data's dtype and takes the residual away after, as on the
+    CPU.  Rows that fit in registers take ``_row_kernels`` instead.
+``backward`` one block per row again; row sums by the same chunks and block reduction, then
+    ``gx`` and per-block ``dw``/``db`` partials in the data's dtype: thread ``t`` owns
+    columns ``t, t + T, ...`` of its block's partial row, so no atomics are needed.
+``reduce``   adds the partial rows of each column in float64, in a fixed order: deterministic.
 
 ``config`` holds the threads per block; tests shrink it so the simulator stays fast.
 """
@@ -42,6 +42,9 @@ class config:
     USE_SHUFFLE = not cuda.config.ENABLE_CUDASIM
     #: Most blocks a backward launch uses (each keeps one row of dw/db partials).
     MAX_BACKWARD_BLOCKS = 256
+    #: Elements a thread of the block-per-row kernels sums in the data's dtype before adding
+    #: the sum into a float64 total (the error bound in ``_kernels``' docstring).
+    STAT_CHUNK = 16
     #: Rows that fit take the register kernels (``_row_kernels``): the row is read once into
     #: registers and its statistics are float32 (float64 data: float64) per thread, merged in
     #: float64.  False: every row takes the block-per-row kernels above (kept for wide rows).
@@ -60,8 +63,9 @@ class config:
     BACKWARD_MAX_PER_THREAD = 8
     #: Threads of a register-kernel block (several rows at once when a row needs fewer).
     ROW_BLOCK_THREADS = 64 if cuda.config.ENABLE_CUDASIM else 256
-    #: Bytes of the register backward's float64 dw/db partials (one row per row group),
-    #: and the most row groups: the partials' rows are a function of the shape alone.
+    #: Most bytes of the register backward's dw/db partials (one row per row group; counted
+    #: as float64's, whatever the dtype), and the most row groups: the partials' rows are a
+    #: function of the shape alone.
     PART_BYTES = 32 << 20
     MAX_GROUPS = 512
     #: Launch compiled kernels through cuda.core without Numba's per-call work (see
@@ -79,16 +83,6 @@ class config:
 # ---------------------------------------------------------------------------------------
 # Device helpers
 # ---------------------------------------------------------------------------------------
-@cuda.jit(device=True, inline=True)
-def _chan(n_a, m_a, q_a, n_b, m_b, q_b):
-    """Merge two (count, mean, M2) triples (Chan et al.)."""
-    n = n_a + n_b
-    if n == 0.0:
-        return 0.0, 0.0, 0.0
-    delta = m_b - m_a
-    return n, m_a + delta * (n_b / n), q_a + q_b + delta * delta * (n_a * n_b / n)
-
-
 @cuda.jit(device=True, inline=True)
 def _sum3(a, b, c, d, e, f):
     """Component-wise sum of two triples."""
@@ -123,8 +117,25 @@ REDUCE_SLICES = 2 if cuda.config.ENABLE_CUDASIM else 8
 
 
 @functools.cache
-def _kernels(tpb: int, use_shuffle: bool):
-    """Compile-time constants are closed over, so each (tpb, shuffle) gets its own kernels."""
+def _kernels(tpb: int, use_shuffle: bool, chunk: int):
+    r"""The block-per-row kernels: ``tpb`` threads a block, warp shuffles or not, and
+    ``chunk`` elements a thread sums in the data's dtype before adding the sum into a
+    float64 total.  Compile-time constants are closed over, so each gets its own kernels.
+
+    **Forward statistics (two passes over the row).**  As in :func:`_row_kernels`, with
+    ``chunk`` in place of ``per``: pass 1 sums ``fl(x - p)`` (``p`` the row's first element)
+    ``chunk`` elements at a time, pass 2 sums ``d^2`` around the dtype's head and tail of the
+    mean.  The float64 totals add the chunk sums (relative error about ``k u_64`` for ``k``
+    chunks, negligible), so ``|M2^ - M2| / M2 <= g_(chunk+5) + g_(chunk+1)^2 (C + 1)`` up to
+    float64 roundoff, for a row of ``C`` elements: for float32 and ``chunk = 16``,
+    ``1.3e-6 + 1.0e-12 (C + 1)`` (2.3e-6 at a million columns).  No float64 arithmetic per
+    element: one float64 add per ``chunk`` elements a pass.
+
+    **Backward.**  The row sums are float64 totals of chunk sums in the dtype, as above.
+    ``dw``/``db`` partials (one row a block, in the data's dtype) add the block's rows
+    ``blk, blk + grid, ...`` in the dtype: the register backward's bound, ``g_k`` for ``k``
+    rows a block.
+    """
     warps = tpb // 32
 
     def block_reduce(combine):
@@ -178,7 +189,6 @@ def _kernels(tpb: int, use_shuffle: bool):
 
         return reduce3
 
-    block_moments = block_reduce(_chan)  # the row's (count, mean, M2)
     block_sums = block_reduce(_sum3)
 
     @cuda.jit
@@ -199,28 +209,39 @@ def _kernels(tpb: int, use_shuffle: bool):
             if has_res:  # h = x + res, written and read back by the same thread
                 for j in range(tid, cols, tpb):
                     h[i, j] = x[i, j] + res[i, j]
-            # This thread's share: src[i, tid::tpb], summed shifted by its own first element.
-            n = 0.0
-            p = 0.0
-            if tid < cols and centered:
-                p = np.float64(src[i, tid])
-            s = 0.0
-            q = 0.0
-            for j in range(tid, cols, tpb):
-                d = np.float64(src[i, j]) - p
-                s += d
-                q += d * d
-                n += 1.0
+            # Two passes over the row (L1/L2-resident by the second), each thread summing
+            # ``chunk`` of its elements in the data's dtype and adding each chunk's sum into
+            # a float64 total: one float64 add per ``chunk`` elements (see ``_kernels``).
+            mu = 0.0
+            mean_t = cast(0.0)
+            resid_t = cast(0.0)
             if centered:
-                m_t = p + s / n if n > 0.0 else 0.0
-                q_t = q - s * (s / n) if n > 0.0 else 0.0
-                n, mu, m2 = block_moments(n, m_t, max(q_t, 0.0), sh_n, sh_m, sh_q)
-            else:  # RMSNorm: only the sum of squares
-                m2, n, s = block_sums(q, n, s, sh_n, sh_m, sh_q)
-                mu = 0.0
+                p = cast(0.0)
+                if cols > 0:
+                    p = x[i, 0] + res[i, 0] if has_res else x[i, 0]
+                s = 0.0
+                for j0 in range(tid, cols, tpb * chunk):
+                    c = cast(0.0)
+                    for k in range(chunk):
+                        j = j0 + k * tpb
+                        if j < cols:
+                            c += src[i, j] - p
+                    s += np.float64(c)
+                s, _, _ = block_sums(s, 0.0, 0.0, sh_n, sh_m, sh_q)
+                mu = np.float64(p) + s / cols if cols > 0 else 0.0
+                mean_t = cast(mu)
+                resid_t = cast(mu - np.float64(mean_t))
+            q = 0.0
+            for j0 in range(tid, cols, tpb * chunk):
+                c = cast(0.0)
+                for k in range(chunk):
+                    j = j0 + k * tpb
+                    if j < cols:
+                        d = (src[i, j] - mean_t) - resid_t  # RMSNorm: d is the element
+                        c += d * d
+                q += np.float64(c)
+            m2, _, _ = block_sums(q, 0.0, 0.0, sh_n, sh_m, sh_q)
             r = 1.0 / math.sqrt(m2 / cols + eps)
-            mean_t = cast(mu)
-            resid_t = cast(mu - np.float64(mean_t))
             r_t = cast(r)
             for j in range(tid, cols, tpb):
                 y[i, j] = _normalized(src[i, j], mean_t, resid_t, r_t, w, b, j, has_w, has_b)
@@ -233,7 +254,7 @@ def _kernels(tpb: int, use_shuffle: bool):
     def backward(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part):
         # gy, x, gx: (rows, cols); gres: (rows, cols) or (0, 0); mean: (rows,) or (0,);
         # rstd: (rows,); w: (cols,) or (0,);
-        # dw_part, db_part: (blocks, cols) float64 zeroed, or (blocks, 0) for none
+        # dw_part, db_part: (blocks, cols) zeroed, in x's dtype, or (blocks, 0) for none
         sh_a = cuda.shared.array(tpb, float64)
         sh_b = cuda.shared.array(tpb, float64)
         sh_c = cuda.shared.array(tpb, float64)
@@ -250,12 +271,21 @@ def _kernels(tpb: int, use_shuffle: bool):
             s_d = 0.0
             s_g = 0.0
             s_gd = 0.0
-            for j in range(tid, cols, tpb):
-                d = np.float64(x[i, j] - m)
-                wdy = np.float64(gy[i, j] * w[j]) if has_w else np.float64(gy[i, j])
-                s_d += d
-                s_g += wdy
-                s_gd += wdy * d
+            for j0 in range(tid, cols, tpb * chunk):  # chunk sums in the dtype, as the forward's
+                c_d = cast(0.0)
+                c_g = cast(0.0)
+                c_gd = cast(0.0)
+                for k in range(chunk):
+                    j = j0 + k * tpb
+                    if j < cols:
+                        d = x[i, j] - m
+                        wdy = gy[i, j] * w[j] if has_w else gy[i, j]
+                        c_d += d
+                        c_g += wdy
+                        c_gd += wdy * d
+                s_d += np.float64(c_d)
+                s_g += np.float64(c_g)
+                s_gd += np.float64(c_gd)
             s_d, s_g, s_gd = block_sums(s_d, s_g, s_gd, sh_a, sh_b, sh_c)
             corr, c1, c2 = _grad_coefficients(centered, s_d, s_g, s_gd, r, cols)
             c1 = cast(c1)
@@ -276,7 +306,8 @@ def _kernels(tpb: int, use_shuffle: bool):
 
     @cuda.jit
     def reduce(dw_part, db_part, dw, db):
-        # dw_part, db_part: (blocks, cols) float64; dw, db: (cols,).  Block (32, SLICES):
+        # dw_part, db_part: (blocks, cols), dw, db: (cols,), in x's dtype, added in float64.
+        # Block (32, SLICES):
         # thread (c, s) adds rows s, s + SLICES, ... of column c in order, then thread (c, 0)
         # adds the SLICES sums in order -- a fixed order (deterministic) that keeps
         # SLICES loads a column in flight, where one thread a column walked every row alone
@@ -392,8 +423,9 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
     (float64 data: float64) per thread and merged in float64, as above.  ``dw``/``db`` are
     accumulated per thread over the rows its group takes (``ceil(rows / groups)`` of them;
     see :func:`row_groups`), in the data's dtype -- an error of at most ``g_k`` of the sum of
-    the terms' magnitudes for ``k`` rows -- and written as one float64 partial row per
-    group; ``reduce`` adds the partial rows in a fixed order: deterministic.
+    the terms' magnitudes for ``k`` rows -- and written as one partial row per group, in the
+    dtype, which holds the sums exactly; ``reduce`` adds the partial rows in float64, in a
+    fixed order: deterministic.
     """
     groups = block_threads // row_threads
     warps = row_threads // 32
@@ -563,15 +595,15 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
             for k in range(per):
                 j = lane + k * row_threads
                 if j < cols:
-                    dw_part[gid, j] = np.float64(acc_w[k])
-                    db_part[gid, j] = np.float64(acc_b[k])
+                    dw_part[gid, j] = acc_w[k]
+                    db_part[gid, j] = acc_b[k]
 
     return forward, backward
 
 
 def kernels():
     """The (forward, backward, reduce) kernels for the current :class:`config`."""
-    return _kernels(config.THREADS_PER_BLOCK, config.USE_SHUFFLE)
+    return _kernels(config.THREADS_PER_BLOCK, config.USE_SHUFFLE, config.STAT_CHUNK)
 
 
 # ---------------------------------------------------------------------------------------
@@ -810,6 +842,18 @@ def _device(a, name):
     return a
 
 
+@cuda.jit
+def _zero_kernel(a):
+    for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        a[i] = 0
+
+
+def _zero(a) -> None:
+    """Zero a C-contiguous device array on the device (no host copy)."""
+    if a.size:
+        _zero_kernel[min(-(-a.size // 256), 1024), 256](a.reshape(a.size))
+
+
 _EMPTY: dict = {}
 
 
@@ -888,12 +932,12 @@ def _backward(centered, grad_y, x, mean, rstd, weight, normalized_shape):
             raise _checks.ShapeError(f"{name} must have shape {lay.lead_shape}, got {tuple(s.shape)}")
         stats.append(s.reshape(lay.rows))
     blocks = backward_blocks(lay.rows, lay.cols)
-    if not partials_zeroed(lay.cols):  # the register kernels write their partials whole
-        dw_part = cuda.device_array((blocks, lay.cols), np.float64)
-        db_part = cuda.device_array((blocks, lay.cols), np.float64)
-    else:
-        dw_part = cuda.to_device(np.zeros((blocks, lay.cols)))
-        db_part = cuda.to_device(np.zeros((blocks, lay.cols)))
+    # The partials are in x's dtype; the register kernels write them whole.
+    dw_part = cuda.device_array((blocks, lay.cols), dtype)
+    db_part = cuda.device_array((blocks, lay.cols), dtype)
+    if partials_zeroed(lay.cols):  # the block-per-row kernels add into them
+        _zero(dw_part)
+        _zero(db_part)
     dw = cuda.device_array(lay.cols, dtype)
     db = cuda.device_array(lay.cols, dtype)
     gx = cuda.device_array((lay.rows, lay.cols), dtype)

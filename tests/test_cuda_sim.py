@@ -213,25 +213,53 @@ def test_register_kernels_in_every_layout(monkeypatch, centered, rows, cols):
 
 @pytest.mark.parametrize("centered", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_block_kernels_take_rows_too_long_for_registers(monkeypatch, centered, dtype):
-    """Rows longer than ``MAX_ROW_THREADS * MAX_PER_THREAD`` take the block-per-row kernels."""
+@pytest.mark.parametrize("chunk,norm", [(16, (2, 20)), (2, (3, 50))])
+def test_block_kernels_take_rows_too_long_for_registers(monkeypatch, centered, dtype, chunk, norm):
+    """Rows longer than ``MAX_ROW_THREADS * MAX_PER_THREAD`` take the block-per-row kernels:
+    one chunk a thread (40 columns, 32 threads), or several ragged ones (150 columns, two
+    elements a chunk: 5 or 4 elements a thread)."""
     from fastln import cuda as fcuda
 
     monkeypatch.setattr(fcuda.config, "MAX_PER_THREAD", 1)
     monkeypatch.setattr(fcuda.config, "BACKWARD_MAX_PER_THREAD", 1)
     monkeypatch.setattr(fcuda.config, "MAX_ROW_THREADS", 32)
+    monkeypatch.setattr(fcuda.config, "STAT_CHUNK", chunk)
     assert fcuda.row_plan(40) is None and fcuda.backward_row_plan(40) is None and fcuda.row_plan(32) == (32, 1)
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((5, 2, 20)).astype(dtype)
-    g = rng.standard_normal((5, 2, 20)).astype(dtype)
-    w = rng.standard_normal((2, 20)).astype(dtype)
-    b = rng.standard_normal((2, 20)).astype(dtype) if centered else None
+    x = (rng.standard_normal((5, *norm)) * 3 - 2).astype(dtype)
+    g = rng.standard_normal((5, *norm)).astype(dtype)
+    w = rng.standard_normal(norm).astype(dtype)
+    b = rng.standard_normal(norm).astype(dtype) if centered else None
     _device_forward_backward(centered, x, g, w, b, 2)
 
 
-def test_register_forward_keeps_its_accuracy_far_from_zero():
-    """The statistics are float32 sums shifted by the row's first element (docstring of
-    ``fastln.cuda._row_kernels``): an offset of 1e6 standard deviations costs nothing."""
+@pytest.mark.parametrize("centered", [True, False])
+def test_block_kernels_add_the_residual(monkeypatch, centered):
+    """The fused add on the block-per-row kernels: h = x + residual written, and the
+    statistics read back from it, against the CPU kernels bit for bit in h."""
+    from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "ROW_KERNELS", False)
+    monkeypatch.setattr(fcuda.config, "STAT_CHUNK", 2)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 90)).astype(np.float32)
+    r = rng.standard_normal((4, 90)).astype(np.float32)
+    w = rng.standard_normal(90).astype(np.float32)
+    fn = fastln.add_layer_norm if centered else fastln.add_rms_norm
+    y, h = fn(cuda.to_device(x), cuda.to_device(r), 90, cuda.to_device(w))
+    cy, ch = fn(x, r, 90, w)
+    np.testing.assert_array_equal(h.copy_to_host(), ch)
+    np.testing.assert_allclose(y.copy_to_host(), cy, atol=4e-6 * (1 + np.abs(w).max()), rtol=0)
+
+
+@pytest.mark.parametrize("row_kernels", [True, False])
+def test_forward_keeps_its_accuracy_far_from_zero(monkeypatch, row_kernels):
+    """The statistics are float32 sums shifted by the row's first element (docstrings of
+    ``fastln.cuda._row_kernels`` and ``_kernels``): an offset of 1e6 standard deviations
+    costs nothing, in registers or on the block-per-row kernels."""
+    from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "ROW_KERNELS", row_kernels)
     rng = np.random.default_rng(8)
     x = (3e5 + 0.3 * rng.standard_normal((6, 300))).astype(np.float32)
     y, mean, rstd = fastln.layer_norm_forward(cuda.to_device(x))

@@ -162,3 +162,58 @@ def test_raw_launches_give_the_ordinary_launches_bits(monkeypatch, cols, centere
     assert fcuda.RAW_CALLS["backward"] == before["backward"] + 1, "the backward was not launched raw"
     for a, b in zip(ordinary, raw, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("row_kernels", [True, False])
+def test_statistics_keep_their_accuracy_far_from_zero(monkeypatch, row_kernels):
+    """float32 chunk sums shifted by the row's first element (``fastln.cuda._kernels`` and
+    ``_row_kernels``): rows 1e6 standard deviations from zero, in registers and on the
+    block-per-row kernels, against float64 torch."""
+    from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "ROW_KERNELS", row_kernels)
+    g = torch.Generator(device="cuda").manual_seed(3)
+    x = 3e5 + 0.3 * torch.randn(16, 20000 if not row_kernels else 3000, device="cuda", generator=g)
+    y, _, _, rstd = torch.ops.fastln.forward(x, None, [x.shape[1]], None, None, 1e-5, True)
+    x64 = x.double()
+    var = x64.var(1, unbiased=False)
+    torch.testing.assert_close(rstd.double(), (var + 1e-5).rsqrt(), atol=0, rtol=2e-6)
+    torch.testing.assert_close(y.double(), F.layer_norm(x64, x.shape[1:]), atol=4e-6, rtol=0)
+
+
+@pytest.mark.parametrize("cols", [768, 9000])
+def test_numpy_api_backward_on_device(cols):
+    """The NumPy API's backward on CUDA arrays (its partials zeroed on the device for the
+    block-per-row kernels) against float64 torch."""
+    from numba import cuda
+
+    g = torch.Generator(device="cuda").manual_seed(cols)
+    x = torch.randn(50, cols, device="cuda", generator=g)
+    w = torch.randn(cols, device="cuda", generator=g)
+    gy = torch.randn(50, cols, device="cuda", generator=g)
+    dev = cuda.as_cuda_array
+    _, mean, rstd = fastln.layer_norm_forward(dev(x), cols, dev(w), dev(w))
+    gx, gw, gb = fastln.layer_norm_backward(dev(gy), dev(x), mean, rstd, dev(w), cols)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    b64 = w.double().requires_grad_()
+    want = torch.autograd.grad(F.layer_norm(x64, (cols,), w64, b64), (x64, w64, b64), gy.double())
+    for got, ref in zip((gx, gw, gb), want, strict=True):
+        host = torch.from_numpy(got.copy_to_host()).double()
+        torch.testing.assert_close(host, ref.cpu(), atol=1e-4 * (1 + float(ref.abs().max())), rtol=0)
+
+
+def test_torch_compile_on_cuda():
+    """fullgraph torch.compile of a block with fastln's norm on CUDA tensors: the custom ops
+    run inside the compiled graph and agree with eager, forward and backward."""
+    layer = torch.nn.Sequential(torch.nn.Linear(256, 256), ft.LayerNorm(256)).cuda()
+    x = torch.randn(64, 256, device="cuda")
+    compiled = torch.compile(layer, fullgraph=True)
+    y = compiled(x)
+    y.sum().backward()
+    got = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    ye = layer(x)
+    ye.sum().backward()
+    torch.testing.assert_close(y, ye, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, (p.grad for p in layer.parameters()), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

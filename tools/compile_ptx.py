@@ -23,8 +23,8 @@ def _signatures(dtype: str) -> dict:
     a2, a1 = f"{dtype}[:, ::1]", f"{dtype}[::1]"
     return {
         "forward": f"void({a2}, {a2}, {a1}, {a1}, float64, boolean, {a2}, {a2}, {a1}, {a1})",
-        "backward": f"void({a2}, {a2}, {a1}, {a1}, {a1}, boolean, {a2}, {a2}, float64[:, ::1], float64[:, ::1])",
-        "reduce": f"void(float64[:, ::1], float64[:, ::1], {a1}, {a1})",
+        "backward": f"void({a2}, {a2}, {a1}, {a1}, {a1}, boolean, {a2}, {a2}, {a2}, {a2})",
+        "reduce": f"void({a2}, {a2}, {a1}, {a1})",
     }
 
 
@@ -53,6 +53,14 @@ def _registers(ptxas: str | None, ptx: str, cc) -> str:
     return "; ".join(lines) or out.stderr.strip()[-300:]
 
 
+def _arithmetic(ptx: str, kind: str) -> int:
+    """Add, subtract, multiply and fma instructions on ``kind`` (``f32``/``f64``) in ``ptx``:
+    the kernels' loops are unrolled, so per-element float64 work shows as a count near the
+    float32 one, and per-chunk work as a small one."""
+    return sum(ptx.count(f"{op}{mode}.{kind}") for op in ("add", "sub", "mul", "fma")
+               for mode in ("", ".rn"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cc", default="9.0")
@@ -68,7 +76,7 @@ def main() -> int:
 
     ptxas = _ptxas()
     sigs = _signatures(args.dtype)
-    cases = {"block kernels": dict(zip(("forward", "backward", "reduce"), fcuda._kernels(256, True), strict=True))}
+    cases = {"block kernels": dict(zip(("forward", "backward", "reduce"), fcuda._kernels(256, True, fcuda.config.STAT_CHUNK), strict=True))}
     for cols in args.cols:
         fwd, bwd = fcuda._row_launch(cols), fcuda._row_launch(cols, backward=True)
         if fwd is not None:
@@ -79,6 +87,7 @@ def main() -> int:
         for name, kernel in kernels.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, sigs[name], cc=cc, **getattr(kernel, "_fastln_options", {}))
             print(f"{case:40} {name:9} {len(ptx):7d} chars of PTX, {ptx.count('shfl.sync'):3d} shfl.sync, "
+                  f"{_arithmetic(ptx, 'f32'):4d} f32 and {_arithmetic(ptx, 'f64'):3d} f64 add/sub/mul/fma, "
                   f"{_registers(ptxas, ptx, cc)}")
             if args.out:
                 args.out.mkdir(parents=True, exist_ok=True)

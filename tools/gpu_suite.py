@@ -188,7 +188,7 @@ def _kernel_calls(x, w, b, gy, centered):
     bias = b if centered else torch.empty(0, dtype=x.dtype, device=x.device)
     blocks = fcuda.backward_blocks(rows, cols)
     zeroed = fcuda.partials_zeroed(cols)  # the block-per-row kernels add into their partials
-    parts = torch.zeros((2, blocks, cols), dtype=torch.float64, device=x.device)
+    parts = torch.zeros((2, blocks, cols), dtype=x.dtype, device=x.device)  # x's dtype
     gx, dw, db = torch.empty_like(x), torch.empty_like(w), torch.empty_like(w)
     a = {k: arr(v) for k, v in dict(x=x, w=w, b=bias, y=y, mean=mean, rstd=rstd, none2=none2, gy=gy,
                                        p0=parts[0], p1=parts[1], gx=gx, dw=dw, db=db).items()}

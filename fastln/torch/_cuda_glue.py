@@ -86,9 +86,10 @@ def backward(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered
     gx = torch.empty_like(hc, memory_format=torch.contiguous_format)
     part_cols = cols if need_params else 0
     blocks = fcuda.backward_blocks(rows, cols)
-    # The block-per-row kernels add into their partials; the register kernels write them whole.
+    # Partials in the compute dtype.  The block-per-row kernels add into theirs; the
+    # register kernels write them whole.
     new = torch.zeros if fcuda.partials_zeroed(cols) else torch.empty
-    parts = new((2, blocks, part_cols), dtype=torch.float64, device=dev)
+    parts = new((2, blocks, part_cols), dtype=cdt, device=dev)
     dw = torch.empty(part_cols, dtype=cdt, device=dev)
     db = torch.empty(part_cols, dtype=cdt, device=dev)
     gres = ((grad_res.detach().to(cdt).contiguous(), (rows, cols)) if grad_res is not None
