@@ -25,6 +25,7 @@ import ctypes
 import functools
 import inspect
 import math
+import struct
 
 import numpy as np
 from numba import cuda, float64
@@ -61,6 +62,10 @@ class config:
     #: 605 us at 32768x768 and 96 against 118 us at 4096x1024; the forward was faster with 16
     #: (132 against 167 us at 32768x768).
     BACKWARD_MAX_PER_THREAD = 8
+    #: Elements a thread of the register kernels: the least power of two that covers the row
+    #: (False), or the least count (True: 768 columns on 64 threads take 12 a thread, not 16,
+    #: so no registers and no lanes go to padding; more kernels to compile).
+    ROW_PER_EXACT = False
     #: Threads of a register-kernel block (several rows at once when a row needs fewer).
     ROW_BLOCK_THREADS = 64 if cuda.config.ENABLE_CUDASIM else 256
     #: Most bytes of the register backward's dw/db partials (one row per row group; counted
@@ -71,6 +76,9 @@ class config:
     #: Launch compiled kernels through cuda.core without Numba's per-call work (see
     #: ``raw_forward``); turned off for the process if anything about it is unexpected.
     RAW_LAUNCH = True
+    #: How raw launches reach the driver: ``"ctypes"`` (``cuLaunchKernel`` with the arguments
+    #: packed in place) or ``"cuda.core"`` (its ``launch``, as numba-cuda calls it).
+    RAW_DRIVER = "cuda.core"
     #: Blocks of the register kernels a multiprocessor must fit (CUDA's launch bounds: the
     #: compiler keeps each thread under 65536 / (threads * blocks) registers); None lets the
     #: compiler choose.  Left to itself it took 229 registers a thread for the forward at
@@ -339,8 +347,9 @@ def _kernels(tpb: int, use_shuffle: bool, chunk: int):
 def row_plan(cols: int, max_per: int | None = None):
     """``(row_threads, per_thread)`` of the register forward for rows of ``cols``, or None
     when the row is too long for registers: the fewest threads (a power of two from 32) for
-    which ``per_thread`` (a power of two) reaches ``max_per`` (default
-    ``config.MAX_PER_THREAD``) or less."""
+    which ``per_thread`` reaches ``max_per`` (default ``config.MAX_PER_THREAD``) or less;
+    ``per_thread`` is the least power of two that covers the row (``config.ROW_PER_EXACT``:
+    the least count)."""
     if not config.ROW_KERNELS or cols == 0:
         return None
     max_per = config.MAX_PER_THREAD if max_per is None else max_per
@@ -349,6 +358,8 @@ def row_plan(cols: int, max_per: int | None = None):
         row_threads *= 2
         if row_threads > config.MAX_ROW_THREADS:
             return None
+    if config.ROW_PER_EXACT:
+        return row_threads, -(-cols // row_threads)
     per = 1
     while row_threads * per < cols:
         per *= 2
@@ -693,7 +704,8 @@ def launch_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part
 # fast path only: anything unexpected turns them off for the process, and the ordinary
 # launch runs instead.  tests/test_gpu.py checks that both give the same bits.
 
-#: Compiled kernels that can be launched raw: (dispatcher, dtype, device) -> cuda.core kernel.
+#: Compiled kernels that can be launched raw: (dispatcher, dtype, device) -> (cuda.core
+#: kernel, its driver handle).
 _RAW: dict = {}
 _RAW_LAUNCH: list = []  # [launch, LaunchConfig] once imported
 #: Calls of raw_forward/raw_backward that launched raw (tests read it).
@@ -747,7 +759,8 @@ def _remember(kernel, dtype, device, dtype_arg: int) -> None:
                  if _is_c_array(sig[dtype_arg], name)
                  and all(_is_c_array(t) for t in sig if hasattr(t, "layout"))]
         if len(found) == 1:
-            _RAW[key] = found[0]._codelibrary.get_cufunc().kernel
+            code = found[0]._codelibrary.get_cufunc().kernel
+            _RAW[key] = (code, int(code.handle))
     except Exception:  # noqa: BLE001 - another numba-cuda: keep its ordinary launches
         config.RAW_LAUNCH = False
 
@@ -756,9 +769,47 @@ _FLOAT = {4: "float32", 8: "float64"}
 _CONFIGS: dict = {}  # (grid, block) -> cuda.core LaunchConfig
 
 
+def _driver():
+    """``cuLaunchKernel`` of the CUDA driver, through ctypes (loaded once)."""
+    if not _DRIVER:
+        fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernel
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
+        _DRIVER.append(fn)
+    return _DRIVER[0]
+
+
+_DRIVER: list = []
+_DOUBLE = struct.Struct("<d")
+_BITS = struct.Struct("<Q")
+
+
+def _dim3(d) -> tuple:
+    d = (d,) if isinstance(d, int) else tuple(d)
+    return d + (1,) * (3 - len(d))
+
+
+def _driver_launch(handle: int, grid, block, params: list, stream: int) -> int:
+    """One ``cuLaunchKernel`` call; its status (0: launched).  Every parameter sits in an
+    8-byte slot (arrays' fields, float64, booleans in the slot's low byte): the driver copies
+    as many bytes of each as the kernel's signature says."""
+    n = len(params)
+    values = (ctypes.c_uint64 * n)(*[
+        _BITS.unpack(_DOUBLE.pack(v))[0] if isinstance(v, float) else int(v) for v in params
+    ])
+    base = ctypes.addressof(values)
+    slots = (ctypes.c_void_p * n)(*range(base, base + 8 * n, 8))
+    return _driver()(handle, *_dim3(grid), *_dim3(block), 0, stream, slots, None)
+
+
+class RawLaunchError(RuntimeError):
+    """A raw launch failed after an earlier kernel of the same call had run."""
+
+
 def _raw(launches, device, stream) -> bool:
-    """Launch each ``(kernel, grid, block, args, dtype_arg)`` raw; False, with nothing
-    launched, unless every kernel is known for its arguments' dtype on ``device``."""
+    """Launch each ``(kernel, grid, block, args, dtype_arg)`` raw on stream handle ``stream``
+    (an int); False, with nothing launched, unless every kernel is known for its arguments'
+    dtype on ``device``."""
     if not config.RAW_LAUNCH:
         return False
     compiled = []
@@ -770,20 +821,17 @@ def _raw(launches, device, stream) -> bool:
         for a in args:
             if isinstance(a, RawArray):
                 params.extend(_packed(a))
-            elif isinstance(a, float):
-                params.append(ctypes.c_double(a))
             else:
                 params.append(a)
         compiled.append((code, grid, block, params))
-    launch, launch_config = _RAW_LAUNCH
     for n, (code, grid, block, params) in enumerate(compiled):
         try:
-            shape = _CONFIGS.get((grid, block))
-            if shape is None:
-                if len(_CONFIGS) > 4096:  # grids follow the row count: keep the cache bounded
-                    _CONFIGS.clear()
-                shape = _CONFIGS[grid, block] = launch_config(grid=grid, block=block, shmem_size=0)
-            launch(stream, shape, code, *params)
+            if config.RAW_DRIVER == "ctypes":
+                status = _driver_launch(code[1], grid, block, params, stream)
+                if status:
+                    raise RawLaunchError(f"cuLaunchKernel returned CUDA error {status}")
+            else:
+                _core_launch(code[0], grid, block, params, stream)
         except Exception:
             config.RAW_LAUNCH = False
             if n == 0:  # nothing ran: the caller launches the ordinary way
@@ -792,9 +840,29 @@ def _raw(launches, device, stream) -> bool:
     return True
 
 
+def _core_launch(code, grid, block, params: list, stream: int) -> None:
+    """One launch through ``cuda.core`` (what numba-cuda calls), on Numba's handle of the
+    stream."""
+    launch, launch_config = _RAW_LAUNCH
+    shape = _CONFIGS.get((grid, block))
+    if shape is None:
+        if len(_CONFIGS) > 4096:  # grids follow the row count: keep the cache bounded
+            _CONFIGS.clear()
+        shape = _CONFIGS[grid, block] = launch_config(grid=grid, block=block, shmem_size=0)
+    core_stream = _STREAMS.get(stream)
+    if core_stream is None:
+        core_stream = _STREAMS[stream] = cuda.external_stream(stream)
+    launch(core_stream, shape, code,
+           *[ctypes.c_double(v) if isinstance(v, float) else v for v in params])
+
+
+_STREAMS: dict = {}  # stream handle -> Numba's external stream on it
+
+
 def raw_forward(device, stream, x2, res2, w, b, eps, centered, y, h, mean, rstd) -> bool:
     """:func:`launch_forward` on :class:`RawArray` arguments (``x2.shape`` and the rest as
-    there), raw; False when it cannot (the caller then launches the ordinary way)."""
+    there), raw, on the stream whose driver handle (an int) is ``stream``; False when it
+    cannot (the caller then launches the ordinary way)."""
     rows, cols = x2[1]
     if rows == 0:
         return True

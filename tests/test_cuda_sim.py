@@ -212,6 +212,25 @@ def test_register_kernels_in_every_layout(monkeypatch, centered, rows, cols):
 
 
 @pytest.mark.parametrize("centered", [True, False])
+@pytest.mark.parametrize("cols,per", [(70, 3), (45, 2), (96, 3)])
+def test_register_kernels_with_the_least_elements_a_thread(monkeypatch, centered, cols, per):
+    """``config.ROW_PER_EXACT``: a row of 70 columns on 32 threads takes 3 elements a
+    thread (not 4), so the last element slot of most threads is padding no more."""
+    from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "ROW_PER_EXACT", True)
+    monkeypatch.setattr(fcuda.config, "MAX_PER_THREAD", 4)
+    monkeypatch.setattr(fcuda.config, "BACKWARD_MAX_PER_THREAD", 4)
+    assert fcuda.row_plan(cols) == fcuda.backward_row_plan(cols) == (32, per)
+    rng = np.random.default_rng(cols)
+    x = (rng.standard_normal((6, cols)) * 2 - 3).astype(np.float32)
+    g = rng.standard_normal((6, cols)).astype(np.float32)
+    w = rng.standard_normal(cols).astype(np.float32)
+    b = rng.standard_normal(cols).astype(np.float32) if centered else None
+    _device_forward_backward(centered, x, g, w, b, 1)
+
+
+@pytest.mark.parametrize("centered", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("chunk,norm", [(16, (2, 20)), (2, (3, 50))])
 def test_block_kernels_take_rows_too_long_for_registers(monkeypatch, centered, dtype, chunk, norm):
@@ -278,3 +297,27 @@ def test_raw_arrays_pack_as_numba_packs_them(shape, dtype):
     a = np.empty(shape, dtype)
     packed = fcuda._packed(fcuda.RawArray(a.ctypes.data, a.shape, a.itemsize))
     assert packed == [0, 0, a.size, a.itemsize, a.ctypes.data, *a.shape, *a.strides]
+
+
+def test_driver_launch_packs_each_argument_in_its_slot(monkeypatch):
+    """``cuLaunchKernel`` through ctypes (``fastln.cuda._driver_launch``): grid and block as
+    three dimensions each, and slot ``i`` of the parameter array pointing at parameter
+    ``i``'s 8 bytes (float64 bits for floats, integers and booleans as themselves)."""
+    import ctypes
+    import struct
+
+    from fastln import cuda as fcuda
+
+    seen = {}
+
+    def fake(handle, gx, gy, gz, bx, by, bz, shmem, stream, slots, extra):
+        seen.update(handle=handle, dims=(gx, gy, gz, bx, by, bz), shmem=shmem, stream=stream, extra=extra)
+        seen["values"] = [ctypes.c_uint64.from_address(slots[i]).value for i in range(6)]
+        return 0
+
+    monkeypatch.setattr(fcuda, "_driver", lambda: fake)
+    params = [0, 2**47 + 8, 3, 1e-5, True, False]
+    assert fcuda._driver_launch(1234, 7, (32, 8), params, 99) == 0
+    assert seen["handle"] == 1234 and seen["stream"] == 99 and seen["shmem"] == 0 and seen["extra"] is None
+    assert seen["dims"] == (7, 1, 1, 32, 8, 1)
+    assert seen["values"] == [0, 2**47 + 8, 3, struct.unpack("<Q", struct.pack("<d", 1e-5))[0], 1, 0]

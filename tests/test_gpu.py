@@ -128,11 +128,14 @@ def test_kernels_match_float64_torch_in_every_layout(monkeypatch, per, cols, cen
 @pytest.mark.parametrize("cols", [768, 9000])
 @pytest.mark.parametrize("centered", [True, False])
 @pytest.mark.parametrize("with_residual", [False, True])
-def test_raw_launches_give_the_ordinary_launches_bits(monkeypatch, cols, centered, with_residual):
-    """The bridge launches compiled kernels through cuda.core after their first ordinary
-    launch (``fastln.cuda.raw_forward``): same results, bit for bit, forward and backward,
-    on the register kernels (768) and the block-per-row ones (9000)."""
+@pytest.mark.parametrize("driver", ["cuda.core", "ctypes"])
+def test_raw_launches_give_the_ordinary_launches_bits(monkeypatch, cols, centered, with_residual, driver):
+    """The bridge launches compiled kernels through cuda.core or ctypes after their first
+    ordinary launch (``fastln.cuda.raw_forward``): same results, bit for bit, forward and
+    backward, on the register kernels (768) and the block-per-row ones (9000)."""
     from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "RAW_DRIVER", driver)
 
     g = torch.Generator(device="cuda").manual_seed(cols)
     x = torch.randn(37, cols, device="cuda", generator=g)
