@@ -66,6 +66,9 @@ class config:
     #: (False), or the least count (True: 768 columns on 64 threads take 12 a thread, not 16,
     #: so no registers and no lanes go to padding; more kernels to compile).
     ROW_PER_EXACT = False
+    #: The register backward's three row sums reduced together (one pair of block
+    #: synchronisations a row, not three); the same bits either way.
+    BACKWARD_FUSED_SUMS = True
     #: Threads of a register-kernel block (several rows at once when a row needs fewer).
     ROW_BLOCK_THREADS = 64 if cuda.config.ENABLE_CUDASIM else 256
     #: Most bytes of the register backward's dw/db partials (one row per row group; counted
@@ -404,7 +407,7 @@ def _bounded(block_threads: int, min_blocks):
 
 @functools.cache
 def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bool,
-                 forward_min_blocks=None, backward_min_blocks=None):
+                 forward_min_blocks=None, backward_min_blocks=None, fused_sums=True):
     r"""Forward and backward kernels that keep a row in registers.
 
     A *row group* of ``row_threads`` threads (a warp, or several) works on one row; a block
@@ -440,6 +443,7 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
     """
     groups = block_threads // row_threads
     warps = row_threads // 32
+    sums_shared = 3 * block_threads  # the backward's shared memory for group_sum3
     FULL = 0xFFFFFFFF
 
     @cuda.jit(device=True, inline=True)
@@ -467,6 +471,50 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
                 v += sh[group * row_threads + k]
             cuda.syncthreads()
         return v
+
+    @cuda.jit(device=True, inline=True)
+    def group_sum3(a, b, c, sh, lane, group):
+        """:func:`group_sum` of three values at once, the same bits as three calls, with one
+        pair of block synchronisations instead of three (``sh`` holds 3 per thread)."""
+        if use_shuffle:
+            off = 16
+            while off > 0:
+                a += cuda.shfl_xor_sync(FULL, a, off)
+                b += cuda.shfl_xor_sync(FULL, b, off)
+                c += cuda.shfl_xor_sync(FULL, c, off)
+                off //= 2
+            if warps > 1:
+                if lane % 32 == 0:
+                    at = 3 * (group * warps + lane // 32)
+                    sh[at] = a
+                    sh[at + 1] = b
+                    sh[at + 2] = c
+                cuda.syncthreads()
+                at = 3 * group * warps
+                a = sh[at]
+                b = sh[at + 1]
+                c = sh[at + 2]
+                for k in range(1, warps):
+                    a += sh[at + 3 * k]
+                    b += sh[at + 3 * k + 1]
+                    c += sh[at + 3 * k + 2]
+                cuda.syncthreads()
+        else:
+            at = 3 * (group * row_threads + lane)
+            sh[at] = a
+            sh[at + 1] = b
+            sh[at + 2] = c
+            cuda.syncthreads()
+            at = 3 * group * row_threads
+            a = sh[at]
+            b = sh[at + 1]
+            c = sh[at + 2]
+            for k in range(1, row_threads):
+                a += sh[at + 3 * k]
+                b += sh[at + 3 * k + 1]
+                c += sh[at + 3 * k + 2]
+            cuda.syncthreads()
+        return a, b, c
 
     @_bounded(block_threads, forward_min_blocks)
     def forward(x, res, w, b, eps, centered, y, h, mean, rstd):
@@ -535,7 +583,7 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
     def backward(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part):
         # The arguments of ``_kernels``' backward, but dw_part, db_part: (groups, cols)
         # float64 (written whole, one row per row group), or (groups, 0) for none.
-        sh = cuda.shared.array(block_threads, float64)
+        sh = cuda.shared.array(sums_shared, float64)
         xv = cuda.local.array(per, x.dtype)
         gv = cuda.local.array(per, x.dtype)
         acc_w = cuda.local.array(per, x.dtype)
@@ -581,9 +629,12 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
                     s_d += d
                     s_g += wdy
                     s_gd += wdy * d
-            t_d = group_sum(np.float64(s_d), sh, lane, group)
-            t_g = group_sum(np.float64(s_g), sh, lane, group)
-            t_gd = group_sum(np.float64(s_gd), sh, lane, group)
+            if fused_sums:
+                t_d, t_g, t_gd = group_sum3(np.float64(s_d), np.float64(s_g), np.float64(s_gd), sh, lane, group)
+            else:
+                t_d = group_sum(np.float64(s_d), sh, lane, group)
+                t_g = group_sum(np.float64(s_g), sh, lane, group)
+                t_gd = group_sum(np.float64(s_gd), sh, lane, group)
             if active:
                 corr, c1, c2 = _grad_coefficients(centered, t_d, t_g, t_gd, r, cols)
                 c1 = cast(c1)
@@ -629,7 +680,7 @@ def _row_launch(cols: int, backward: bool = False):
     row_threads, per = plan
     block_threads = max(row_threads, config.ROW_BLOCK_THREADS // row_threads * row_threads)
     kernels = _row_kernels(row_threads, per, block_threads, config.USE_SHUFFLE,
-                           config.FORWARD_MIN_BLOCKS, config.BACKWARD_MIN_BLOCKS)
+                           config.FORWARD_MIN_BLOCKS, config.BACKWARD_MIN_BLOCKS, config.BACKWARD_FUSED_SUMS)
     return kernels[1 if backward else 0], block_threads // row_threads, block_threads
 
 

@@ -212,6 +212,33 @@ def test_register_kernels_in_every_layout(monkeypatch, centered, rows, cols):
 
 
 @pytest.mark.parametrize("centered", [True, False])
+def test_backward_row_sums_fused_or_not_give_the_same_bits(monkeypatch, centered):
+    """``config.BACKWARD_FUSED_SUMS``: the register backward's three row sums reduced
+    together or one by one, over rows on one and on several warps."""
+    from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "BACKWARD_MAX_PER_THREAD", 1)
+    monkeypatch.setattr(fcuda.config, "ROW_BLOCK_THREADS", 128)
+    rng = np.random.default_rng(5)
+    for cols in (20, 70):
+        x = rng.standard_normal((5, cols)).astype(np.float32)
+        g = rng.standard_normal((5, cols)).astype(np.float32)
+        w = rng.standard_normal(cols).astype(np.float32)
+        fwd = fastln.layer_norm_forward if centered else fastln.rms_norm_forward
+        stats = fwd(cuda.to_device(x), cols, cuda.to_device(w))[1:]
+        results = []
+        for fused in (True, False):
+            monkeypatch.setattr(fcuda.config, "BACKWARD_FUSED_SUMS", fused)
+            if centered:
+                out = fastln.layer_norm_backward(cuda.to_device(g), cuda.to_device(x), *stats, cuda.to_device(w), cols)
+            else:
+                out = fastln.rms_norm_backward(cuda.to_device(g), cuda.to_device(x), *stats, cuda.to_device(w), cols)
+            results.append([a.copy_to_host() for a in out if a is not None])
+        for a, b in zip(*results, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("centered", [True, False])
 @pytest.mark.parametrize("cols,per", [(70, 3), (45, 2), (96, 3)])
 def test_register_kernels_with_the_least_elements_a_thread(monkeypatch, centered, cols, per):
     """``config.ROW_PER_EXACT``: a row of 70 columns on 32 threads takes 3 elements a

@@ -46,6 +46,8 @@ SWEEP = {
     "block kernels": {"ROW_KERNELS": False},
     "rows (defaults)": {},
     "rows, exact elements a thread": {"ROW_PER_EXACT": True},
+    "rows, exact, up to 32 a thread": {"ROW_PER_EXACT": True, "MAX_PER_THREAD": 32},
+    "rows, backward sums one by one": {"BACKWARD_FUSED_SUMS": False},
     "block kernels, chunk 4": {"ROW_KERNELS": False, "STAT_CHUNK": 4},
     "block kernels, chunk 64": {"ROW_KERNELS": False, "STAT_CHUNK": 64},
 }
