@@ -4,10 +4,10 @@ Imported only when device data arrives, so ``import fastln`` never needs CUDA.
 
 Kernels (same math and names as :mod:`fastln.cpu`):
 
-``forward``  one block per row (grid-stride over rows).  Two passes over the row for its
-    statistics, each thread summing chunks of its strided share in the data's dtype and
-    adding each chunk's sum into a float64 total (the bound is in ``_kernels``); the block
-    adds the totals in a fixed tree: warp shuffles then shared memory on real hardware,
+``forward``  one block per row (grid-stride over rows).  Each thread works on chunks of its
+    strided share of the row in registers, in the data's dtype, and merges each chunk's
+    statistics into float64 ones (the bounds are in ``_kernels``); the block merges the
+    threads' in a fixed tree: warp shuffles then shared memory on real hardware,
     shared memory alone in the simulator, which has no shuffles.  The output sweep centres
     on the mean rounded to the data's dtype and takes the residual away after, as on the
     CPU.  Rows that fit in registers take ``_row_kernels`` instead.
@@ -25,7 +25,6 @@ import ctypes
 import functools
 import inspect
 import math
-import struct
 
 import numpy as np
 from numba import cuda, float64
@@ -46,6 +45,10 @@ class config:
     #: Elements a thread of the block-per-row kernels sums in the data's dtype before adding
     #: the sum into a float64 total (the error bound in ``_kernels``' docstring).
     STAT_CHUNK = 16
+    #: The block-per-row LayerNorm forward reads a row once for its statistics (each
+    #: chunk's count, mean and M2 in registers, merged in float64), or twice (mean, then
+    #: M2 around it); see ``_kernels``.
+    BLOCK_SINGLE_READ = True
     #: Rows that fit take the register kernels (``_row_kernels``): the row is read once into
     #: registers and its statistics are float32 (float64 data: float64) per thread, merged in
     #: float64.  False: every row takes the block-per-row kernels above (kept for wide rows).
@@ -64,11 +67,10 @@ class config:
     BACKWARD_MAX_PER_THREAD = 8
     #: Elements a thread of the register kernels: the least power of two that covers the row
     #: (False), or the least count (True: 768 columns on 64 threads take 12 a thread, not 16,
-    #: so no registers and no lanes go to padding; more kernels to compile).
-    ROW_PER_EXACT = False
-    #: The register backward's three row sums reduced together (one pair of block
-    #: synchronisations a row, not three); the same bits either way.
-    BACKWARD_FUSED_SUMS = True
+    #: so no registers and no lanes go to padding; more kernels to compile).  On an H200 at
+    #: 32768x768 (``tools/gpu_suite.py`` sweep, kernels alone): forward 119 against 132 us,
+    #: backward 334 against 346.
+    ROW_PER_EXACT = True
     #: Threads of a register-kernel block (several rows at once when a row needs fewer).
     ROW_BLOCK_THREADS = 64 if cuda.config.ENABLE_CUDASIM else 256
     #: Most bytes of the register backward's dw/db partials (one row per row group; counted
@@ -79,9 +81,6 @@ class config:
     #: Launch compiled kernels through cuda.core without Numba's per-call work (see
     #: ``raw_forward``); turned off for the process if anything about it is unexpected.
     RAW_LAUNCH = True
-    #: How raw launches reach the driver: ``"ctypes"`` (``cuLaunchKernel`` with the arguments
-    #: packed in place) or ``"cuda.core"`` (its ``launch``, as numba-cuda calls it).
-    RAW_DRIVER = "cuda.core"
     #: Blocks of the register kernels a multiprocessor must fit (CUDA's launch bounds: the
     #: compiler keeps each thread under 65536 / (threads * blocks) registers); None lets the
     #: compiler choose.  Left to itself it took 229 registers a thread for the forward at
@@ -94,6 +93,16 @@ class config:
 # ---------------------------------------------------------------------------------------
 # Device helpers
 # ---------------------------------------------------------------------------------------
+@cuda.jit(device=True, inline=True)
+def _chan(n_a, m_a, q_a, n_b, m_b, q_b):
+    """Merge two (count, mean, M2) triples (Chan et al.)."""
+    n = n_a + n_b
+    if n == 0.0:
+        return 0.0, 0.0, 0.0
+    delta = m_b - m_a
+    return n, m_a + delta * (n_b / n), q_a + q_b + delta * delta * (n_a * n_b / n)
+
+
 @cuda.jit(device=True, inline=True)
 def _sum3(a, b, c, d, e, f):
     """Component-wise sum of two triples."""
@@ -128,19 +137,37 @@ REDUCE_SLICES = 2 if cuda.config.ENABLE_CUDASIM else 8
 
 
 @functools.cache
-def _kernels(tpb: int, use_shuffle: bool, chunk: int):
-    r"""The block-per-row kernels: ``tpb`` threads a block, warp shuffles or not, and
-    ``chunk`` elements a thread sums in the data's dtype before adding the sum into a
-    float64 total.  Compile-time constants are closed over, so each gets its own kernels.
+def _kernels(tpb: int, use_shuffle: bool, chunk: int, single_read: bool = True):
+    r"""The block-per-row kernels: ``tpb`` threads a block, warp shuffles or not, ``chunk``
+    elements a thread works on in the data's dtype before a float64 merge, and one read of
+    the row for LayerNorm's statistics or two.  Compile-time constants are closed over, so
+    each gets its own kernels.
 
-    **Forward statistics (two passes over the row).**  As in :func:`_row_kernels`, with
-    ``chunk`` in place of ``per``: pass 1 sums ``fl(x - p)`` (``p`` the row's first element)
-    ``chunk`` elements at a time, pass 2 sums ``d^2`` around the dtype's head and tail of the
-    mean.  The float64 totals add the chunk sums (relative error about ``k u_64`` for ``k``
-    chunks, negligible), so ``|M2^ - M2| / M2 <= g_(chunk+5) + g_(chunk+1)^2 (C + 1)`` up to
-    float64 roundoff, for a row of ``C`` elements: for float32 and ``chunk = 16``,
-    ``1.3e-6 + 1.0e-12 (C + 1)`` (2.3e-6 at a million columns).  No float64 arithmetic per
-    element: one float64 add per ``chunk`` elements a pass.
+    **Forward statistics, one read (``single_read``, LayerNorm).**  A thread loads ``chunk``
+    of its elements into registers and computes the chunk's statistics in the dtype as
+    :func:`_row_kernels` does a row's (``p`` the chunk's first element; its mean ``mc`` in
+    float64, split into the dtype's head and tail), plus the corrected two-pass term: with
+    ``d = fl(fl(x - mc_t) - mc_r)``, ``c = sum d`` and ``q = sum d^2`` (dtype), the chunk's
+    mean is ``mc + c / n`` and its M2 ``q - c^2 / n`` (float64).  The chunks' (count, mean,
+    M2) are merged in float64 (Chan), per thread and then across the block: no float64
+    arithmetic per element, about a dozen float64 operations per chunk.  Error: ``q`` is
+    within ``g_(chunk+5)`` of ``sum (x - mc)^2 = M2_c + n delta^2`` (``delta``: the first
+    pass's error, second order), and the corrected mean is within ``g_(chunk+2) sum|x - mc|
+    / n <= g_(chunk+2) sqrt(M2_c / n)`` of the chunk's mean, which enters Chan's merge as
+    ``2 n |err| |mean_c - mean| <= g_(chunk+2) (M2_c + n (mean_c - mean)^2)``; summed over
+    the chunks, ``|M2^ - M2| / M2 <= g_(chunk+5) + g_(chunk+2)`` plus second-order and
+    float64 terms: for float32 and ``chunk = 16``, about ``2.3e-6``, whatever the row's
+    length or offset.
+
+    **Forward statistics, two reads (RMSNorm; LayerNorm without ``single_read``).**  As in
+    :func:`_row_kernels`, with ``chunk`` in place of ``per``: pass 1 sums ``fl(x - p)`` (``p``
+    the row's first element) ``chunk`` elements at a time, pass 2 sums ``d^2`` around the
+    dtype's head and tail of the mean.  The float64 totals add the chunk sums (relative
+    error about ``k u_64`` for ``k`` chunks, negligible), so ``|M2^ - M2| / M2 <=
+    g_(chunk+5) + g_(chunk+1)^2 (C + 1)`` up to float64 roundoff, for a row of ``C``
+    elements: for float32 and ``chunk = 16``, ``1.3e-6 + 1.0e-12 (C + 1)`` (2.3e-6 at a
+    million columns).  One float64 add per ``chunk`` elements a pass.  RMSNorm's one pass
+    sums ``x^2`` the same way.
 
     **Backward.**  The row sums are float64 totals of chunk sums in the dtype, as above.
     ``dw``/``db`` partials (one row a block, in the data's dtype) add the block's rows
@@ -200,6 +227,7 @@ def _kernels(tpb: int, use_shuffle: bool, chunk: int):
 
         return reduce3
 
+    block_moments = block_reduce(_chan)  # (count, mean, M2) triples
     block_sums = block_reduce(_sum3)
 
     @cuda.jit
@@ -209,6 +237,7 @@ def _kernels(tpb: int, use_shuffle: bool, chunk: int):
         sh_n = cuda.shared.array(tpb, float64)
         sh_m = cuda.shared.array(tpb, float64)
         sh_q = cuda.shared.array(tpb, float64)
+        vals = cuda.local.array(chunk, x.dtype)
         rows, cols = x.shape
         tid = cuda.threadIdx.x
         cast = x.dtype.type
@@ -220,38 +249,84 @@ def _kernels(tpb: int, use_shuffle: bool, chunk: int):
             if has_res:  # h = x + res, written and read back by the same thread
                 for j in range(tid, cols, tpb):
                     h[i, j] = x[i, j] + res[i, j]
-            # Two passes over the row (L1/L2-resident by the second), each thread summing
-            # ``chunk`` of its elements in the data's dtype and adding each chunk's sum into
-            # a float64 total: one float64 add per ``chunk`` elements (see ``_kernels``).
             mu = 0.0
             mean_t = cast(0.0)
             resid_t = cast(0.0)
-            if centered:
-                p = cast(0.0)
-                if cols > 0:
-                    p = x[i, 0] + res[i, 0] if has_res else x[i, 0]
-                s = 0.0
+            if centered and single_read:
+                # One read: each chunk's (count, mean, M2) from registers in the dtype,
+                # merged into the thread's float64 triple (Chan), then across the block.
+                n = 0.0
+                m2 = 0.0
+                for j0 in range(tid, cols, tpb * chunk):
+                    cnt = 0
+                    for k in range(chunk):
+                        j = j0 + k * tpb
+                        v = cast(0.0)
+                        if j < cols:
+                            v = src[i, j]
+                            cnt += 1
+                        vals[k] = v
+                    p = vals[0]
+                    c = cast(0.0)
+                    for k in range(chunk):
+                        if k < cnt:
+                            c += vals[k] - p
+                    nb = np.float64(cnt)
+                    mc = np.float64(p) + np.float64(c) / nb
+                    mc_t = cast(mc)
+                    mc_r = cast(mc - np.float64(mc_t))
+                    c = cast(0.0)
+                    q = cast(0.0)
+                    for k in range(chunk):
+                        if k < cnt:
+                            d = (vals[k] - mc_t) - mc_r
+                            c += d
+                            q += d * d
+                    # The corrected two-pass of the chunk: its mean moves by c / cnt, and
+                    # its M2 loses c^2 / cnt.
+                    cm = np.float64(c)
+                    mc += cm / nb
+                    nn = n + nb
+                    f = nb / nn
+                    delta = mc - mu
+                    mu += delta * f
+                    m2 += (np.float64(q) - cm * (cm / nb)) + delta * delta * (n * f)
+                    n = nn
+                n, mu, m2 = block_moments(n, mu, max(m2, 0.0), sh_n, sh_m, sh_q)
+                mean_t = cast(mu)
+                resid_t = cast(mu - np.float64(mean_t))
+            else:
+                # Two passes over the row (L1/L2-resident by the second), each thread
+                # summing ``chunk`` of its elements in the data's dtype and adding each
+                # chunk's sum into a float64 total (see ``_kernels``).
+                if centered:
+                    p = cast(0.0)
+                    if cols > 0:
+                        p = x[i, 0] + res[i, 0] if has_res else x[i, 0]
+                    s = 0.0
+                    for j0 in range(tid, cols, tpb * chunk):
+                        c = cast(0.0)
+                        for k in range(chunk):
+                            j = j0 + k * tpb
+                            if j >= cols:
+                                break
+                            c += src[i, j] - p
+                        s += np.float64(c)
+                    s, _, _ = block_sums(s, 0.0, 0.0, sh_n, sh_m, sh_q)
+                    mu = np.float64(p) + s / cols if cols > 0 else 0.0
+                    mean_t = cast(mu)
+                    resid_t = cast(mu - np.float64(mean_t))
+                q = 0.0
                 for j0 in range(tid, cols, tpb * chunk):
                     c = cast(0.0)
                     for k in range(chunk):
                         j = j0 + k * tpb
-                        if j < cols:
-                            c += src[i, j] - p
-                    s += np.float64(c)
-                s, _, _ = block_sums(s, 0.0, 0.0, sh_n, sh_m, sh_q)
-                mu = np.float64(p) + s / cols if cols > 0 else 0.0
-                mean_t = cast(mu)
-                resid_t = cast(mu - np.float64(mean_t))
-            q = 0.0
-            for j0 in range(tid, cols, tpb * chunk):
-                c = cast(0.0)
-                for k in range(chunk):
-                    j = j0 + k * tpb
-                    if j < cols:
+                        if j >= cols:
+                            break
                         d = (src[i, j] - mean_t) - resid_t  # RMSNorm: d is the element
                         c += d * d
-                q += np.float64(c)
-            m2, _, _ = block_sums(q, 0.0, 0.0, sh_n, sh_m, sh_q)
+                    q += np.float64(c)
+                m2, _, _ = block_sums(q, 0.0, 0.0, sh_n, sh_m, sh_q)
             r = 1.0 / math.sqrt(m2 / cols + eps)
             r_t = cast(r)
             for j in range(tid, cols, tpb):
@@ -407,7 +482,7 @@ def _bounded(block_threads: int, min_blocks):
 
 @functools.cache
 def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bool,
-                 forward_min_blocks=None, backward_min_blocks=None, fused_sums=True):
+                 forward_min_blocks=None, backward_min_blocks=None):
     r"""Forward and backward kernels that keep a row in registers.
 
     A *row group* of ``row_threads`` threads (a warp, or several) works on one row; a block
@@ -443,7 +518,6 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
     """
     groups = block_threads // row_threads
     warps = row_threads // 32
-    sums_shared = 3 * block_threads  # the backward's shared memory for group_sum3
     FULL = 0xFFFFFFFF
 
     @cuda.jit(device=True, inline=True)
@@ -471,50 +545,6 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
                 v += sh[group * row_threads + k]
             cuda.syncthreads()
         return v
-
-    @cuda.jit(device=True, inline=True)
-    def group_sum3(a, b, c, sh, lane, group):
-        """:func:`group_sum` of three values at once, the same bits as three calls, with one
-        pair of block synchronisations instead of three (``sh`` holds 3 per thread)."""
-        if use_shuffle:
-            off = 16
-            while off > 0:
-                a += cuda.shfl_xor_sync(FULL, a, off)
-                b += cuda.shfl_xor_sync(FULL, b, off)
-                c += cuda.shfl_xor_sync(FULL, c, off)
-                off //= 2
-            if warps > 1:
-                if lane % 32 == 0:
-                    at = 3 * (group * warps + lane // 32)
-                    sh[at] = a
-                    sh[at + 1] = b
-                    sh[at + 2] = c
-                cuda.syncthreads()
-                at = 3 * group * warps
-                a = sh[at]
-                b = sh[at + 1]
-                c = sh[at + 2]
-                for k in range(1, warps):
-                    a += sh[at + 3 * k]
-                    b += sh[at + 3 * k + 1]
-                    c += sh[at + 3 * k + 2]
-                cuda.syncthreads()
-        else:
-            at = 3 * (group * row_threads + lane)
-            sh[at] = a
-            sh[at + 1] = b
-            sh[at + 2] = c
-            cuda.syncthreads()
-            at = 3 * group * row_threads
-            a = sh[at]
-            b = sh[at + 1]
-            c = sh[at + 2]
-            for k in range(1, row_threads):
-                a += sh[at + 3 * k]
-                b += sh[at + 3 * k + 1]
-                c += sh[at + 3 * k + 2]
-            cuda.syncthreads()
-        return a, b, c
 
     @_bounded(block_threads, forward_min_blocks)
     def forward(x, res, w, b, eps, centered, y, h, mean, rstd):
@@ -583,7 +613,7 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
     def backward(gy, x, mean, rstd, w, centered, gres, gx, dw_part, db_part):
         # The arguments of ``_kernels``' backward, but dw_part, db_part: (groups, cols)
         # float64 (written whole, one row per row group), or (groups, 0) for none.
-        sh = cuda.shared.array(sums_shared, float64)
+        sh = cuda.shared.array(block_threads, float64)
         xv = cuda.local.array(per, x.dtype)
         gv = cuda.local.array(per, x.dtype)
         acc_w = cuda.local.array(per, x.dtype)
@@ -629,12 +659,9 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
                     s_d += d
                     s_g += wdy
                     s_gd += wdy * d
-            if fused_sums:
-                t_d, t_g, t_gd = group_sum3(np.float64(s_d), np.float64(s_g), np.float64(s_gd), sh, lane, group)
-            else:
-                t_d = group_sum(np.float64(s_d), sh, lane, group)
-                t_g = group_sum(np.float64(s_g), sh, lane, group)
-                t_gd = group_sum(np.float64(s_gd), sh, lane, group)
+            t_d = group_sum(np.float64(s_d), sh, lane, group)
+            t_g = group_sum(np.float64(s_g), sh, lane, group)
+            t_gd = group_sum(np.float64(s_gd), sh, lane, group)
             if active:
                 corr, c1, c2 = _grad_coefficients(centered, t_d, t_g, t_gd, r, cols)
                 c1 = cast(c1)
@@ -665,7 +692,7 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
 
 def kernels():
     """The (forward, backward, reduce) kernels for the current :class:`config`."""
-    return _kernels(config.THREADS_PER_BLOCK, config.USE_SHUFFLE, config.STAT_CHUNK)
+    return _kernels(config.THREADS_PER_BLOCK, config.USE_SHUFFLE, config.STAT_CHUNK, config.BLOCK_SINGLE_READ)
 
 
 # ---------------------------------------------------------------------------------------
@@ -680,7 +707,7 @@ def _row_launch(cols: int, backward: bool = False):
     row_threads, per = plan
     block_threads = max(row_threads, config.ROW_BLOCK_THREADS // row_threads * row_threads)
     kernels = _row_kernels(row_threads, per, block_threads, config.USE_SHUFFLE,
-                           config.FORWARD_MIN_BLOCKS, config.BACKWARD_MIN_BLOCKS, config.BACKWARD_FUSED_SUMS)
+                           config.FORWARD_MIN_BLOCKS, config.BACKWARD_MIN_BLOCKS)
     return kernels[1 if backward else 0], block_threads // row_threads, block_threads
 
 
@@ -755,8 +782,7 @@ def launch_backward(gy2, x2, mean, rstd, w, centered, gres, gx, dw_part, db_part
 # fast path only: anything unexpected turns them off for the process, and the ordinary
 # launch runs instead.  tests/test_gpu.py checks that both give the same bits.
 
-#: Compiled kernels that can be launched raw: (dispatcher, dtype, device) -> (cuda.core
-#: kernel, its driver handle).
+#: Compiled kernels that can be launched raw: (dispatcher, dtype, device) -> cuda.core kernel.
 _RAW: dict = {}
 _RAW_LAUNCH: list = []  # [launch, LaunchConfig] once imported
 #: Calls of raw_forward/raw_backward that launched raw (tests read it).
@@ -810,51 +836,13 @@ def _remember(kernel, dtype, device, dtype_arg: int) -> None:
                  if _is_c_array(sig[dtype_arg], name)
                  and all(_is_c_array(t) for t in sig if hasattr(t, "layout"))]
         if len(found) == 1:
-            code = found[0]._codelibrary.get_cufunc().kernel
-            _RAW[key] = (code, int(code.handle))
+            _RAW[key] = found[0]._codelibrary.get_cufunc().kernel
     except Exception:  # noqa: BLE001 - another numba-cuda: keep its ordinary launches
         config.RAW_LAUNCH = False
 
 
 _FLOAT = {4: "float32", 8: "float64"}
 _CONFIGS: dict = {}  # (grid, block) -> cuda.core LaunchConfig
-
-
-def _driver():
-    """``cuLaunchKernel`` of the CUDA driver, through ctypes (loaded once)."""
-    if not _DRIVER:
-        fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernel
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
-        _DRIVER.append(fn)
-    return _DRIVER[0]
-
-
-_DRIVER: list = []
-_DOUBLE = struct.Struct("<d")
-_BITS = struct.Struct("<Q")
-
-
-def _dim3(d) -> tuple:
-    d = (d,) if isinstance(d, int) else tuple(d)
-    return d + (1,) * (3 - len(d))
-
-
-def _driver_launch(handle: int, grid, block, params: list, stream: int) -> int:
-    """One ``cuLaunchKernel`` call; its status (0: launched).  Every parameter sits in an
-    8-byte slot (arrays' fields, float64, booleans in the slot's low byte): the driver copies
-    as many bytes of each as the kernel's signature says."""
-    n = len(params)
-    values = (ctypes.c_uint64 * n)(*[
-        _BITS.unpack(_DOUBLE.pack(v))[0] if isinstance(v, float) else int(v) for v in params
-    ])
-    base = ctypes.addressof(values)
-    slots = (ctypes.c_void_p * n)(*range(base, base + 8 * n, 8))
-    return _driver()(handle, *_dim3(grid), *_dim3(block), 0, stream, slots, None)
-
-
-class RawLaunchError(RuntimeError):
-    """A raw launch failed after an earlier kernel of the same call had run."""
 
 
 def _raw(launches, device, stream) -> bool:
@@ -877,12 +865,7 @@ def _raw(launches, device, stream) -> bool:
         compiled.append((code, grid, block, params))
     for n, (code, grid, block, params) in enumerate(compiled):
         try:
-            if config.RAW_DRIVER == "ctypes":
-                status = _driver_launch(code[1], grid, block, params, stream)
-                if status:
-                    raise RawLaunchError(f"cuLaunchKernel returned CUDA error {status}")
-            else:
-                _core_launch(code[0], grid, block, params, stream)
+            _core_launch(code, grid, block, params, device, stream)
         except Exception:
             config.RAW_LAUNCH = False
             if n == 0:  # nothing ran: the caller launches the ordinary way
@@ -891,23 +874,29 @@ def _raw(launches, device, stream) -> bool:
     return True
 
 
-def _core_launch(code, grid, block, params: list, stream: int) -> None:
-    """One launch through ``cuda.core`` (what numba-cuda calls), on Numba's handle of the
-    stream."""
+def _core_launch(code, grid, block, params: list, device: int, stream: int) -> None:
+    """One launch through ``cuda.core`` (what numba-cuda calls), on stream handle ``stream``
+    of ``device``."""
     launch, launch_config = _RAW_LAUNCH
     shape = _CONFIGS.get((grid, block))
     if shape is None:
         if len(_CONFIGS) > 4096:  # grids follow the row count: keep the cache bounded
             _CONFIGS.clear()
         shape = _CONFIGS[grid, block] = launch_config(grid=grid, block=block, shmem_size=0)
-    core_stream = _STREAMS.get(stream)
-    if core_stream is None:
-        core_stream = _STREAMS[stream] = cuda.external_stream(stream)
-    launch(core_stream, shape, code,
+    launch(external_stream(device, stream), shape, code,
            *[ctypes.c_double(v) if isinstance(v, float) else v for v in params])
 
 
-_STREAMS: dict = {}  # stream handle -> Numba's external stream on it
+_STREAMS: dict = {}
+
+
+def external_stream(device: int, handle: int):
+    """Numba's stream object for the driver's stream ``handle`` on ``device`` (made once; the
+    current device must be ``device``)."""
+    stream = _STREAMS.get((device, handle))
+    if stream is None:
+        stream = _STREAMS[device, handle] = cuda.external_stream(handle)
+    return stream
 
 
 def raw_forward(device, stream, x2, res2, w, b, eps, centered, y, h, mean, rstd) -> bool:

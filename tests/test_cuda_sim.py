@@ -212,33 +212,6 @@ def test_register_kernels_in_every_layout(monkeypatch, centered, rows, cols):
 
 
 @pytest.mark.parametrize("centered", [True, False])
-def test_backward_row_sums_fused_or_not_give_the_same_bits(monkeypatch, centered):
-    """``config.BACKWARD_FUSED_SUMS``: the register backward's three row sums reduced
-    together or one by one, over rows on one and on several warps."""
-    from fastln import cuda as fcuda
-
-    monkeypatch.setattr(fcuda.config, "BACKWARD_MAX_PER_THREAD", 1)
-    monkeypatch.setattr(fcuda.config, "ROW_BLOCK_THREADS", 128)
-    rng = np.random.default_rng(5)
-    for cols in (20, 70):
-        x = rng.standard_normal((5, cols)).astype(np.float32)
-        g = rng.standard_normal((5, cols)).astype(np.float32)
-        w = rng.standard_normal(cols).astype(np.float32)
-        fwd = fastln.layer_norm_forward if centered else fastln.rms_norm_forward
-        stats = fwd(cuda.to_device(x), cols, cuda.to_device(w))[1:]
-        results = []
-        for fused in (True, False):
-            monkeypatch.setattr(fcuda.config, "BACKWARD_FUSED_SUMS", fused)
-            if centered:
-                out = fastln.layer_norm_backward(cuda.to_device(g), cuda.to_device(x), *stats, cuda.to_device(w), cols)
-            else:
-                out = fastln.rms_norm_backward(cuda.to_device(g), cuda.to_device(x), *stats, cuda.to_device(w), cols)
-            results.append([a.copy_to_host() for a in out if a is not None])
-        for a, b in zip(*results, strict=True):
-            np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("centered", [True, False])
 @pytest.mark.parametrize("cols,per", [(70, 3), (45, 2), (96, 3)])
 def test_register_kernels_with_the_least_elements_a_thread(monkeypatch, centered, cols, per):
     """``config.ROW_PER_EXACT``: a row of 70 columns on 32 threads takes 3 elements a
@@ -260,11 +233,15 @@ def test_register_kernels_with_the_least_elements_a_thread(monkeypatch, centered
 @pytest.mark.parametrize("centered", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("chunk,norm", [(16, (2, 20)), (2, (3, 50))])
-def test_block_kernels_take_rows_too_long_for_registers(monkeypatch, centered, dtype, chunk, norm):
+@pytest.mark.parametrize("single_read", [True, False])
+def test_block_kernels_take_rows_too_long_for_registers(monkeypatch, centered, dtype, chunk, norm, single_read):
     """Rows longer than ``MAX_ROW_THREADS * MAX_PER_THREAD`` take the block-per-row kernels:
     one chunk a thread (40 columns, 32 threads), or several ragged ones (150 columns, two
-    elements a chunk: 5 or 4 elements a thread)."""
+    elements a chunk: 5 or 4 elements a thread); LayerNorm's statistics from one read of
+    the row or two."""
     from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "BLOCK_SINGLE_READ", single_read)
 
     monkeypatch.setattr(fcuda.config, "MAX_PER_THREAD", 1)
     monkeypatch.setattr(fcuda.config, "BACKWARD_MAX_PER_THREAD", 1)
@@ -298,14 +275,16 @@ def test_block_kernels_add_the_residual(monkeypatch, centered):
     np.testing.assert_allclose(y.copy_to_host(), cy, atol=4e-6 * (1 + np.abs(w).max()), rtol=0)
 
 
-@pytest.mark.parametrize("row_kernels", [True, False])
-def test_forward_keeps_its_accuracy_far_from_zero(monkeypatch, row_kernels):
+@pytest.mark.parametrize("row_kernels,single_read", [(True, True), (False, True), (False, False)])
+def test_forward_keeps_its_accuracy_far_from_zero(monkeypatch, row_kernels, single_read):
     """The statistics are float32 sums shifted by the row's first element (docstrings of
     ``fastln.cuda._row_kernels`` and ``_kernels``): an offset of 1e6 standard deviations
     costs nothing, in registers or on the block-per-row kernels."""
     from fastln import cuda as fcuda
 
     monkeypatch.setattr(fcuda.config, "ROW_KERNELS", row_kernels)
+    monkeypatch.setattr(fcuda.config, "BLOCK_SINGLE_READ", single_read)
+    monkeypatch.setattr(fcuda.config, "STAT_CHUNK", 4)  # several chunks a thread to merge
     rng = np.random.default_rng(8)
     x = (3e5 + 0.3 * rng.standard_normal((6, 300))).astype(np.float32)
     y, mean, rstd = fastln.layer_norm_forward(cuda.to_device(x))
@@ -325,26 +304,3 @@ def test_raw_arrays_pack_as_numba_packs_them(shape, dtype):
     packed = fcuda._packed(fcuda.RawArray(a.ctypes.data, a.shape, a.itemsize))
     assert packed == [0, 0, a.size, a.itemsize, a.ctypes.data, *a.shape, *a.strides]
 
-
-def test_driver_launch_packs_each_argument_in_its_slot(monkeypatch):
-    """``cuLaunchKernel`` through ctypes (``fastln.cuda._driver_launch``): grid and block as
-    three dimensions each, and slot ``i`` of the parameter array pointing at parameter
-    ``i``'s 8 bytes (float64 bits for floats, integers and booleans as themselves)."""
-    import ctypes
-    import struct
-
-    from fastln import cuda as fcuda
-
-    seen = {}
-
-    def fake(handle, gx, gy, gz, bx, by, bz, shmem, stream, slots, extra):
-        seen.update(handle=handle, dims=(gx, gy, gz, bx, by, bz), shmem=shmem, stream=stream, extra=extra)
-        seen["values"] = [ctypes.c_uint64.from_address(slots[i]).value for i in range(6)]
-        return 0
-
-    monkeypatch.setattr(fcuda, "_driver", lambda: fake)
-    params = [0, 2**47 + 8, 3, 1e-5, True, False]
-    assert fcuda._driver_launch(1234, 7, (32, 8), params, 99) == 0
-    assert seen["handle"] == 1234 and seen["stream"] == 99 and seen["shmem"] == 0 and seen["extra"] is None
-    assert seen["dims"] == (7, 1, 1, 32, 8, 1)
-    assert seen["values"] == [0, 2**47 + 8, 3, struct.unpack("<Q", struct.pack("<d", 1e-5))[0], 1, 0]

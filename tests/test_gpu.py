@@ -128,14 +128,11 @@ def test_kernels_match_float64_torch_in_every_layout(monkeypatch, per, cols, cen
 @pytest.mark.parametrize("cols", [768, 9000])
 @pytest.mark.parametrize("centered", [True, False])
 @pytest.mark.parametrize("with_residual", [False, True])
-@pytest.mark.parametrize("driver", ["cuda.core", "ctypes"])
-def test_raw_launches_give_the_ordinary_launches_bits(monkeypatch, cols, centered, with_residual, driver):
-    """The bridge launches compiled kernels through cuda.core or ctypes after their first
-    ordinary launch (``fastln.cuda.raw_forward``): same results, bit for bit, forward and
-    backward, on the register kernels (768) and the block-per-row ones (9000)."""
+def test_raw_launches_give_the_ordinary_launches_bits(monkeypatch, cols, centered, with_residual):
+    """The bridge launches compiled kernels through cuda.core after their first ordinary
+    launch (``fastln.cuda.raw_forward``): same results, bit for bit, forward and backward,
+    on the register kernels (768) and the block-per-row ones (9000)."""
     from fastln import cuda as fcuda
-
-    monkeypatch.setattr(fcuda.config, "RAW_DRIVER", driver)
 
     g = torch.Generator(device="cuda").manual_seed(cols)
     x = torch.randn(37, cols, device="cuda", generator=g)
@@ -167,14 +164,15 @@ def test_raw_launches_give_the_ordinary_launches_bits(monkeypatch, cols, centere
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("row_kernels", [True, False])
-def test_statistics_keep_their_accuracy_far_from_zero(monkeypatch, row_kernels):
+@pytest.mark.parametrize("row_kernels,single_read", [(True, True), (False, True), (False, False)])
+def test_statistics_keep_their_accuracy_far_from_zero(monkeypatch, row_kernels, single_read):
     """float32 chunk sums shifted by the row's first element (``fastln.cuda._kernels`` and
     ``_row_kernels``): rows 1e6 standard deviations from zero, in registers and on the
     block-per-row kernels, against float64 torch."""
     from fastln import cuda as fcuda
 
     monkeypatch.setattr(fcuda.config, "ROW_KERNELS", row_kernels)
+    monkeypatch.setattr(fcuda.config, "BLOCK_SINGLE_READ", single_read)
     g = torch.Generator(device="cuda").manual_seed(3)
     x = 3e5 + 0.3 * torch.randn(16, 20000 if not row_kernels else 3000, device="cuda", generator=g)
     y, _, _, rstd = torch.ops.fastln.forward(x, None, [x.shape[1]], None, None, 1e-5, True)

@@ -7,14 +7,12 @@
 Needs torch with CUDA, numba-cuda (``pip install 'fastln[cuda]'``) and pytest.  Writes under
 --out:
 
-* first, a smoke test in a process of its own: raw launches through ctypes give the ordinary
-  launches' bits (the benchmark times them only if it passed);
 * ``gpu-tests.txt``: the pytest log of ``tests/test_gpu.py`` and ``tests/test_cuda_sim.py`` on
   hardware, written as it runs;
 * ``gpu-profile.txt``: cProfile of 100 forward+backward calls of ``fastln.torch`` (4096x1024);
 * ``gpu-bench.json``: device, driver, versions, and per case (norm, shape, dtype) the medians
   of fastln.torch, torch, a copy, the kernels alone (ordinary Numba launches) and the bridge
-  with raw launches turned off and through ctypes, their ratios, and the largest difference from torch; then
+  with raw launches turned off, their ratios, and the largest difference from torch; then
   ``tpb_sweep`` (the name is historical): kernel configurations of ``fastln.cuda.config`` timed
   side by side, with their register counts and errors.  Rewritten after every case, so a run
   cut short keeps what it measured;
@@ -44,12 +42,12 @@ QUICK_SHAPES = [(2, 3), (4096, 1024), (8192, 4096), (32768, 1024)]
 #: the block-per-row kernels, and the register kernels' elements per thread and block size.
 SWEEP = {
     "block kernels": {"ROW_KERNELS": False},
+    "block kernels, two reads": {"ROW_KERNELS": False, "BLOCK_SINGLE_READ": False},
+    "block kernels, two reads, 512 threads": {"ROW_KERNELS": False, "BLOCK_SINGLE_READ": False,
+                                              "THREADS_PER_BLOCK": 512},
+    "block kernels, chunk 8": {"ROW_KERNELS": False, "STAT_CHUNK": 8},
     "rows (defaults)": {},
-    "rows, exact elements a thread": {"ROW_PER_EXACT": True},
-    "rows, exact, up to 32 a thread": {"ROW_PER_EXACT": True, "MAX_PER_THREAD": 32},
-    "rows, backward sums one by one": {"BACKWARD_FUSED_SUMS": False},
-    "block kernels, chunk 4": {"ROW_KERNELS": False, "STAT_CHUNK": 4},
-    "block kernels, chunk 64": {"ROW_KERNELS": False, "STAT_CHUNK": 64},
+    "rows, elements a thread a power of two": {"ROW_PER_EXACT": False},
 }
 SWEEP_SHAPES = [(32768, 768), (64, 65536), (256, 16384)]
 
@@ -251,15 +249,11 @@ def _bench_case(shape, dtype, centered) -> dict:
         k_fwd, k_bwd = _kernel_calls(x, w.detach(), b.detach(), gy, centered)
         fns["kernel forward"] = k_fwd
         fns["kernel backward"] = k_bwd
-        # The bridge with Numba's ordinary launches (no raw launches), and with raw launches
-        # through ctypes where the smoke test passed (the default goes through cuda.core).
-        variants = {"ordinary launches": {"RAW_LAUNCH": False}}
-        if _CTYPES_OK:
-            variants["ctypes launches"] = {"RAW_DRIVER": "ctypes"}
-        for label, settings in variants.items():
-            fns[f"fastln forward, {label}"] = _configured(lambda: ours(x), settings)
-            fns[f"fastln backward, {label}"] = _configured(
-                lambda: torch.autograd.grad(y_f, params, gy, retain_graph=True), settings)
+        # The bridge with Numba's ordinary launches (no raw launches through cuda.core).
+        ordinary = {"RAW_LAUNCH": False}
+        fns["fastln forward, ordinary launches"] = _configured(lambda: ours(x), ordinary)
+        fns["fastln backward, ordinary launches"] = _configured(
+            lambda: torch.autograd.grad(y_f, params, gy, retain_graph=True), ordinary)
     med = _interleaved(fns, x.numel())
     nbytes = x.numel() * x.element_size()
     row = {
@@ -281,9 +275,6 @@ def _bench_case(shape, dtype, centered) -> dict:
         row["kernel_backward_vs_torch"] = med["torch backward"] / med["kernel backward"]
         row["raw_launch_forward_speedup"] = med["fastln forward, ordinary launches"] / med["fastln forward"]
         row["raw_launch_backward_speedup"] = med["fastln backward, ordinary launches"] / med["fastln backward"]
-        if "fastln forward, ctypes launches" in med:
-            row["ctypes_launch_forward_speedup"] = med["fastln forward"] / med["fastln forward, ctypes launches"]
-            row["ctypes_launch_backward_speedup"] = med["fastln backward"] / med["fastln backward, ctypes launches"]
     from fastln import cuda as fcuda
 
     row["raw_launch_on"] = fcuda.config.RAW_LAUNCH
@@ -379,44 +370,6 @@ def _configured(fn, settings):
     return call
 
 
-_CTYPES_OK = False
-_CTYPES_SMOKE = """
-import torch, fastln.torch as ft
-from fastln import cuda as fcuda
-x = torch.randn(64, 768, device="cuda", requires_grad=True)
-w = torch.randn(768, device="cuda", requires_grad=True)
-gy = torch.randn(64, 768, device="cuda")
-def run():
-    y = ft.layer_norm(x, (768,), w, w)
-    return (y.detach(), *torch.autograd.grad(y, (x, w), gy))
-fcuda.config.RAW_LAUNCH = False
-ordinary = run()
-fcuda.config.RAW_LAUNCH = True
-run()
-fcuda.config.RAW_DRIVER = "ctypes"
-calls = dict(fcuda.RAW_CALLS)
-raw = run()
-torch.cuda.synchronize()
-assert fcuda.config.RAW_LAUNCH and fcuda.RAW_CALLS["forward"] == calls["forward"] + 1
-assert all(torch.equal(a, b) for a, b in zip(ordinary, raw))
-print("ctypes launches: same bits")
-"""
-
-
-def ctypes_smoke() -> bool:
-    """Whether raw launches through ctypes give the ordinary launches' bits, tried in a
-    process of its own (a bad launch can spoil a CUDA context for good)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    try:
-        out = subprocess.run([sys.executable, "-c", _CTYPES_SMOKE], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        print("[gpu_suite] the ctypes smoke test hung", flush=True)
-        return False
-    print(f"[gpu_suite] ctypes smoke test rc {out.returncode}: {(out.stdout + out.stderr)[-1500:]}", flush=True)
-    return out.returncode == 0
-
-
 def run_profile(out: Path) -> None:
     """Where the bridge's time goes: cProfile of fastln.torch calls on the GPU."""
     import cProfile
@@ -507,8 +460,6 @@ def main() -> int:
         _plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    global _CTYPES_OK
-    _CTYPES_OK = ctypes_smoke()
     rc = 0 if args.skip_tests else run_tests(args.out, args.test_timeout, args.test_filter)
     try:
         if not args.no_profile:

@@ -16,7 +16,6 @@ from numba import cuda
 from fastln import cuda as fcuda
 from fastln.torch import _glue
 
-_STREAMS: dict = {}
 #: torch's current stream on a device, as the driver's handle (an int), without making a
 #: torch.cuda.Stream object (what Inductor's generated code calls).
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
@@ -27,14 +26,6 @@ def _stream_handle(device: int) -> int:
     if _raw_stream is not None:
         return _raw_stream(device)
     return torch.cuda.current_stream(device).cuda_stream
-
-
-def _numba_stream(device: int, handle: int):
-    """Numba's handle on torch's current stream (one per torch stream, kept)."""
-    stream = _STREAMS.get((device, handle))
-    if stream is None:
-        stream = _STREAMS[device, handle] = cuda.external_stream(handle)
-    return stream
 
 
 def _none(dtype, device):
@@ -57,7 +48,7 @@ def _as(t, dtype):
     return t.detach().to(dtype).contiguous()
 
 
-def _vec(p, cols, cdt, device):
+def _vec(p, cdt, device):
     if p is None:
         return _none(cdt, device)
     return _as(p, cdt)
@@ -75,7 +66,7 @@ def _launch(raw, ordinary, device, args):
                                if isinstance(a, tuple) else a for a in args]):
         return
     ordinary(*[_arr(a[0].view(a[1])) if isinstance(a, tuple) else a for a in args],
-             stream=_numba_stream(current, handle), device=device)
+             stream=fcuda.external_stream(current, handle), device=device)
 
 
 def forward(x, residual, norm, rows, cols, weight, bias, eps, centered):
@@ -95,7 +86,7 @@ def forward(x, residual, norm, rows, cols, weight, bias, eps, centered):
         h = torch.empty(0, dtype=x.dtype, device=dev)
         res2 = h2 = (_none(cdt, dev), (0, 0))
     if rows:
-        w, b = _vec(weight, cols, cdt, dev), _vec(bias, cols, cdt, dev)
+        w, b = _vec(weight, cdt, dev), _vec(bias, cdt, dev)
         _launch(fcuda.raw_forward, fcuda.launch_forward, dev.index, (
             (xc, (rows, cols)), res2, (w, (w.numel(),)), (b, (b.numel(),)), float(eps), bool(centered),
             (y, (rows, cols)), h2, (mean, (mean.numel(),)), (rstd, (rows,)),
@@ -120,7 +111,7 @@ def backward(grad_y, grad_res, h, mean, rstd, weight, norm, rows, cols, centered
     dw = torch.empty(part_cols, dtype=cdt, device=dev)
     db = torch.empty(part_cols, dtype=cdt, device=dev)
     gres = (_as(grad_res, cdt), (rows, cols)) if grad_res is not None else (_none(cdt, dev), (0, 0))
-    w = _vec(weight, cols, cdt, dev)
+    w = _vec(weight, cdt, dev)
     mean = mean.contiguous()
     _launch(fcuda.raw_backward, fcuda.launch_backward, dev.index, (
         (gyc, (rows, cols)), (hc, (rows, cols)), (mean, (mean.numel(),)),
