@@ -38,6 +38,11 @@ class config:
     #: Threads per block: a multiple of 32, a power of two, at most 512 (1024 failed to
     #: launch on an H200: too many registers a thread for that many threads).
     THREADS_PER_BLOCK = 32 if cuda.config.ENABLE_CUDASIM else 256
+    #: The block-per-row backward's (rows too long for registers).  On an H200 (sweep of
+    #: ``tools/gpu_suite.py``, kernels alone) 512 against 256 took 263 against 471 us at
+    #: 64x65536 and 140 against 156 us at 256x16384.  The forward stays at 256: its one-read
+    #: statistics take 147 registers a thread, too many for 512-thread blocks.
+    BACKWARD_THREADS_PER_BLOCK = 32 if cuda.config.ENABLE_CUDASIM else 512
     #: Warp shuffles for the in-warp reduction (never in the simulator, which lacks them).
     USE_SHUFFLE = not cuda.config.ENABLE_CUDASIM
     #: Most blocks a backward launch uses (each keeps one row of dw/db partials).
@@ -691,8 +696,13 @@ def _row_kernels(row_threads: int, per: int, block_threads: int, use_shuffle: bo
 
 
 def kernels():
-    """The (forward, backward, reduce) kernels for the current :class:`config`."""
-    return _kernels(config.THREADS_PER_BLOCK, config.USE_SHUFFLE, config.STAT_CHUNK, config.BLOCK_SINGLE_READ)
+    """The block-per-row (forward, backward, reduce) kernels for the current :class:`config`:
+    the backward's blocks have ``config.BACKWARD_THREADS_PER_BLOCK`` threads."""
+    forward, _, reduce = _kernels(config.THREADS_PER_BLOCK, config.USE_SHUFFLE, config.STAT_CHUNK,
+                                  config.BLOCK_SINGLE_READ)
+    backward = _kernels(config.BACKWARD_THREADS_PER_BLOCK, config.USE_SHUFFLE, config.STAT_CHUNK,
+                        config.BLOCK_SINGLE_READ)[1]
+    return forward, backward, reduce
 
 
 # ---------------------------------------------------------------------------------------
@@ -729,7 +739,7 @@ def _backward_launches(rows: int, cols: int, parts: int, param_grads: bool):
         backward, groups, threads = row
         launches.append((backward, -(-parts // groups), threads, False))
     elif rows:
-        launches.append((kernels()[1], parts, config.THREADS_PER_BLOCK, False))
+        launches.append((kernels()[1], parts, config.BACKWARD_THREADS_PER_BLOCK, False))
     if param_grads:
         launches.append((kernels()[2], -(-cols // 32), (32, REDUCE_SLICES), True))
     return launches

@@ -23,6 +23,7 @@ def small_blocks(monkeypatch):
     from fastln import cuda as fcuda
 
     monkeypatch.setattr(fcuda.config, "THREADS_PER_BLOCK", 32)
+    monkeypatch.setattr(fcuda.config, "BACKWARD_THREADS_PER_BLOCK", 32)
     monkeypatch.setattr(fcuda.config, "MAX_BACKWARD_BLOCKS", 3)
     if cuda.config.ENABLE_CUDASIM:
         monkeypatch.setattr(fcuda.config, "USE_SHUFFLE", False)
@@ -254,6 +255,23 @@ def test_block_kernels_take_rows_too_long_for_registers(monkeypatch, centered, d
     w = rng.standard_normal(norm).astype(dtype)
     b = rng.standard_normal(norm).astype(dtype) if centered else None
     _device_forward_backward(centered, x, g, w, b, 2)
+
+
+@pytest.mark.parametrize("centered", [True, False])
+def test_block_backward_with_its_own_block_size(monkeypatch, centered):
+    """``config.BACKWARD_THREADS_PER_BLOCK`` apart from the forward's (64 against 32 threads),
+    on rows of 150 columns: the backward's sums and partials follow its own block."""
+    from fastln import cuda as fcuda
+
+    monkeypatch.setattr(fcuda.config, "ROW_KERNELS", False)
+    monkeypatch.setattr(fcuda.config, "BACKWARD_THREADS_PER_BLOCK", 64)
+    monkeypatch.setattr(fcuda.config, "STAT_CHUNK", 2)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((7, 150)).astype(np.float32)
+    g = rng.standard_normal((7, 150)).astype(np.float32)
+    w = rng.standard_normal(150).astype(np.float32)
+    b = rng.standard_normal(150).astype(np.float32) if centered else None
+    _device_forward_backward(centered, x, g, w, b, 1)
 
 
 @pytest.mark.parametrize("centered", [True, False])

@@ -76,7 +76,7 @@ def main() -> int:
 
     ptxas = _ptxas()
     sigs = _signatures(args.dtype)
-    cases = {"block kernels": dict(zip(("forward", "backward", "reduce"), fcuda._kernels(256, True, fcuda.config.STAT_CHUNK), strict=True))}
+    cases = {"block kernels": dict(zip(("forward", "backward", "reduce"), fcuda.kernels(), strict=True))}
     for cols in args.cols:
         fwd, bwd = fcuda._row_launch(cols), fcuda._row_launch(cols, backward=True)
         if fwd is not None:
