@@ -248,7 +248,7 @@ def test_gpu_suite_replots_the_committed_results(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    src = root / "benchmarks" / "results" / "gpu-h200" / "full-bench.json"
+    src = root / "benchmarks" / "results" / "gpu-h200" / "s14b-bench.json"
     data = json.loads(src.read_text())
     for row in data["results"]:
         med = row["median_s"]

@@ -44,3 +44,27 @@ def test_every_python_block_runs_as_written():
 
             pytest.importorskip("torch")
         exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+
+
+def test_gpu_table_is_the_committed_h200_results():
+    """The README's GPU table quotes ``benchmarks/results/gpu-h200/s14b-bench.json`` (LayerNorm
+    float32, us, rounded), with the 64x65536 backward from ``s14c-bench.json``, the final code."""
+    import json
+
+    results = ROOT / "benchmarks" / "results" / "gpu-h200"
+
+    def medians(name):
+        data = json.loads((results / name).read_text())
+        return {tuple(r["shape"]): {k: v * 1e6 for k, v in r["median_s"].items()} for r in data["results"]
+                if r["norm"] == "layer_norm" and r["dtype"] == "float32"}
+
+    full, final = medians("s14b-bench.json"), medians("s14c-bench.json")
+    gpu = (ROOT / "README.md").read_text().split("## GPU")[1].split("## Limits")[0]
+    rows = re.findall(r"^\| (\d+)x(\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|$", gpu, flags=re.M)
+    assert len(rows) == 7
+    keys = ("torch forward", "fastln forward", "kernel forward", "torch backward", "fastln backward", "kernel backward")
+    for r, c, *cells in rows:
+        shape = (int(r), int(c))
+        for key, cell in zip(keys, cells, strict=True):
+            source = final if shape == (64, 65536) and "backward" in key else full
+            assert int(cell) == round(source[shape][key]), (shape, key)
