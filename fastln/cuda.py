@@ -235,6 +235,22 @@ def _kernels(tpb: int, use_shuffle: bool, chunk: int, single_read: bool = True):
     block_moments = block_reduce(_chan)  # (count, mean, M2) triples
     block_sums = block_reduce(_sum3)
 
+    @cuda.jit(device=True, inline=True)
+    def chunked_sum(src, i, tid, cols, head, tail, square):
+        """The float64 total, over thread ``tid``'s share of row ``i``, of ``chunk``-element
+        sums in the dtype of ``d = (x - head) - tail`` (``square``: of ``d * d``)."""
+        total = 0.0
+        for j0 in range(tid, cols, tpb * chunk):
+            c = src.dtype.type(0.0)
+            for k in range(chunk):
+                j = j0 + k * tpb
+                if j >= cols:
+                    break
+                d = (src[i, j] - head) - tail
+                c += d * d if square else d
+            total += np.float64(c)
+        return total
+
     @cuda.jit
     def forward(x, res, w, b, eps, centered, y, h, mean, rstd):
         # x, y: (rows, cols) float32|float64; res, h: (rows, cols) or (0, 0) without a
@@ -308,29 +324,13 @@ def _kernels(tpb: int, use_shuffle: bool, chunk: int, single_read: bool = True):
                     p = cast(0.0)
                     if cols > 0:
                         p = x[i, 0] + res[i, 0] if has_res else x[i, 0]
-                    s = 0.0
-                    for j0 in range(tid, cols, tpb * chunk):
-                        c = cast(0.0)
-                        for k in range(chunk):
-                            j = j0 + k * tpb
-                            if j >= cols:
-                                break
-                            c += src[i, j] - p
-                        s += np.float64(c)
+                    s = chunked_sum(src, i, tid, cols, p, cast(0.0), False)
                     s, _, _ = block_sums(s, 0.0, 0.0, sh_n, sh_m, sh_q)
                     mu = np.float64(p) + s / cols if cols > 0 else 0.0
                     mean_t = cast(mu)
                     resid_t = cast(mu - np.float64(mean_t))
-                q = 0.0
-                for j0 in range(tid, cols, tpb * chunk):
-                    c = cast(0.0)
-                    for k in range(chunk):
-                        j = j0 + k * tpb
-                        if j >= cols:
-                            break
-                        d = (src[i, j] - mean_t) - resid_t  # RMSNorm: d is the element
-                        c += d * d
-                    q += np.float64(c)
+                # RMSNorm: mean_t = resid_t = 0, the sum of squares of the elements
+                q = chunked_sum(src, i, tid, cols, mean_t, resid_t, True)
                 m2, _, _ = block_sums(q, 0.0, 0.0, sh_n, sh_m, sh_q)
             r = 1.0 / math.sqrt(m2 / cols + eps)
             r_t = cast(r)
