@@ -39,7 +39,9 @@ sys.path.insert(0, str(ROOT))
 SHAPES = [(2, 3), (512, 768), (4096, 1024), (8192, 4096), (32768, 1024), (32768, 768), (64, 65536)]
 QUICK_SHAPES = [(2, 3), (4096, 1024), (32768, 1024), (64, 65536)]
 #: Kernel configurations the sweep times side by side (bare kernels, LayerNorm float32):
-#: the block-per-row kernels, and the register kernels' elements per thread and block size.
+#: the block-per-row kernels (one read or two, the backward's block size) and the register
+#: kernels' elements a thread.  Session 13's sweeps of elements a thread and row groups are in
+#: ``benchmarks/results/gpu-h200/final-bench.json``.
 SWEEP = {
     "block kernels": {"ROW_KERNELS": False},
     "block kernels, two reads": {"ROW_KERNELS": False, "BLOCK_SINGLE_READ": False},
