@@ -734,14 +734,15 @@ def _backward_launches(rows: int, cols: int, parts: int, param_grads: bool):
     """``[(kernel, grid, block, uses_reduce)]`` of a backward: the row kernel (none for no
     rows on the block-per-row kernels), then the reduction of the partials."""
     launches = []
+    block = kernels()  # once a call: each lookup builds two cache keys
     row = _row_launch(cols, backward=True)
     if row is not None:  # launched for no rows too: it writes the partials (zeros) whole
         backward, groups, threads = row
         launches.append((backward, -(-parts // groups), threads, False))
     elif rows:
-        launches.append((kernels()[1], parts, config.BACKWARD_THREADS_PER_BLOCK, False))
+        launches.append((block[1], parts, config.BACKWARD_THREADS_PER_BLOCK, False))
     if param_grads:
-        launches.append((kernels()[2], -(-cols // 32), (32, REDUCE_SLICES), True))
+        launches.append((block[2], -(-cols // 32), (32, REDUCE_SLICES), True))
     return launches
 
 
