@@ -180,14 +180,15 @@ def test_expanded_gradients_are_read_correctly(route):
     torch.testing.assert_close(w.grad, we.grad)
 
 
-@pytest.mark.parametrize("shape", [(1, 9), (37, 50), (300, 257), (5000, 64)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 9), (37, 50), (300, 257), (5000, 64), (40, 1300)], ids=str)
 @pytest.mark.parametrize("centered", [True, False], ids=["layer", "rms"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("wdtype", ["half", torch.float32, None], ids=str)
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=str)
 def test_half_backward_in_kernel_is_the_upcast_result_rounded_once(shape, centered, residual, wdtype, half):
-    """bf16/f16 backward widens rows in the kernel: bitwise what the float32 kernels give on
-    the upcast tensors, with grad_x rounded once (no float32 copies made)."""
+    """bf16/f16 backward reads the half rows in place (each element widened as it is loaded):
+    bitwise what the float32 kernels give on the upcast tensors, with grad_x rounded once
+    (no float32 copies made).  1300 columns: rows of several ragged sum blocks."""
     if half not in _glue._HALF_IN_KERNEL:
         pytest.skip("this CPU has no float16 conversion instructions: float16 is upcast")
     rows, cols = shape

@@ -6,9 +6,12 @@ replaced and vs torch's native half kernels (LayerNorm, affine, 2 threads).
 
 Interleaved bursts (fastln.bench); ratio = other time / in-kernel time, [min-max] per round.
 ``--kernels`` times the parallel forward and backward kernels alone (no bridge, outputs
-reused) against the ones they replaced, compiled here: a float32 output row (y, or grad_x
-without a residual's gradient) rounded in a pass of its own, where the sweep now rounds each
-value as it writes it; [interquartile range].
+reused) against the ones they replaced, compiled here, [interquartile range]:
+
+- forward: a float32 output row rounded in a pass of its own, where the sweep now rounds
+  each value as it writes it;
+- backward: x and dy widened into float32 rows before the row sums and the sweep, where both
+  now read the half rows in place (``_half.get``).
 """
 
 import argparse
@@ -83,19 +86,43 @@ def _old_forward_half(xu, w, b, eps, centered, yu, mean, rstd, fmt):
             rstd[i] = r
 
 
+def _widened_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, c, rows_per_chunk, fmt):
+    """``kernels._backward_half_chunk`` as it was before the backward read half rows in
+    place: x and dy widened into float32 rows first (two passes of their own), the row
+    kernel run on those (no residual's gradient here)."""
+    rows, cols = xu.shape
+    n = dw_part.shape[1]
+    inv_c = 1.0 / cols
+    xf = np.empty(cols, np.float32)
+    gf = np.empty(cols, np.float32)
+    via_f32 = fmt != K.FLOAT16
+    gxf = np.empty(cols if via_f32 else 0, np.float32)
+    acc_w = np.zeros(n, np.float32)
+    acc_b = np.zeros(n, np.float32)
+    start = c * rows_per_chunk
+    stop = min(start + rows_per_chunk, rows)
+    for i in range(start, stop):
+        widen(xu[i], xf, fmt)
+        widen(gyu[i], gf, fmt)
+        if via_f32:
+            K._backward_row(xf, gf, gxf, mean, rstd, i, w, centered, inv_c, acc_w, acc_b, fmt)
+            narrow(gxf, gxu[i], fmt)
+        else:
+            K._backward_row(xf, gf, gxu[i], mean, rstd, i, w, centered, inv_c, acc_w, acc_b, fmt)
+        if n != 0 and ((i - start + 1) % K.FLUSH_ROWS == 0 or i == stop - 1):
+            K.flush(acc_w, dw_part[c])
+            K.flush(acc_b, db_part[c])
+
+
 def _old_backward_half():
-    """The parallel backward half kernel as it was before grad_x's rounding moved into the
-    sweep: today's source recompiled with every format taking the float32 row and its
-    rounding pass (``FLOAT16`` swapped for a format that does not exist)."""
+    """The parallel backward half kernel with :func:`_widened_chunk` for its chunks."""
     import types
 
-    def clone(fn, g):
-        return types.FunctionType(fn.__code__, g, "old" + fn.__name__)
-
     flags = dict(nogil=True, error_model="numpy", fastmath={"contract"})
-    g = dict(K.__dict__, FLOAT16=-1)
-    g["_backward_half_chunk"] = numba.njit(inline="always", **flags)(clone(K._backward_half_chunk.py_func, g))
-    return numba.njit(parallel=True, **flags)(clone(K._backward_half, g))
+    g = dict(K.__dict__, K=K, widen=widen, narrow=narrow, np=np)
+    chunk = types.FunctionType(_widened_chunk.__code__, g, "old_chunk")
+    g["_backward_half_chunk"] = numba.njit(inline="always", **flags)(chunk)
+    return numba.njit(parallel=True, **flags)(types.FunctionType(K._backward_half.__code__, g, "old"))
 
 
 def kernels(rounds):
@@ -112,9 +139,8 @@ def _backward_kernels(rounds):
     from fastln import _api
 
     old = _old_backward_half()
-    print("\nbackward, grad_x rounded after or in the sweep (weight, parameter gradients); bfloat16 grad_x is "
-          "rounded after in both (the kernel keeps that path for it), so its rows show the noise")
-    print("| shape | dtype | rounded after | rounded in the sweep | speed-up [IQR] |\n|---|---|---|---|---|")
+    print("\nbackward (weight, parameter gradients), x and dy widened into float32 rows first or read in place")
+    print("| shape | dtype | widened first | read in place | speed-up [IQR] |\n|---|---|---|---|---|")
     for rows, cols in SHAPES[:3] + [(1024, 4096)]:
         rng = np.random.default_rng(0)
         xu, gyu = _bits(rng, (rows, cols), 2.0), _bits(rng, (rows, cols))
@@ -168,7 +194,7 @@ def _forward_kernels(rounds):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--kernels", action="store_true", help="the forward kernel alone, old against new")
+    p.add_argument("--kernels", action="store_true", help="the forward and backward kernels alone, old against new")
     p.add_argument("--dtype", nargs="+", default=["bfloat16", "float16"], choices=["bfloat16", "float16"])
     p.add_argument("--pass", dest="passes", nargs="+", default=["forward", "backward"], choices=["forward", "backward"])
     p.add_argument("--rounds", type=int, default=15)

@@ -1,9 +1,11 @@
 """Half-precision bits (bfloat16, IEEE float16) widened to float32 and narrowed back, row by row.
 
 NumPy has no bfloat16, and the kernels see both half types as ``uint16`` bits; ``fmt`` says
-which (:data:`BFLOAT16` or :data:`FLOAT16`).  Kernels widen a row into a float32 buffer in
-L1 cache, run the float32 row code on it, and narrow the result once: bitwise what upcasting
-the tensor to float32, running the float32 kernel and rounding gives, without the copies.
+which (:data:`BFLOAT16` or :data:`FLOAT16`).  The forward widens a row into a float32 buffer
+in L1 cache and runs the float32 row code on it; the backward's row code reads the half rows
+in place through :func:`get`, widening each element as it loads it; outputs are rounded once,
+as they are written (:func:`put`).  Bitwise what upcasting the tensor to float32, running the
+float32 kernel and rounding gives, without the copies.
 
 - bfloat16 is the top half of a float32: widen by a shift; narrow with round-to-nearest-even
   on the bits (NaN kept quiet, sign kept).
@@ -74,6 +76,63 @@ def _f32_bits(typingctx, value):
         return builder.bitcast(args[0], ir.IntType(32))
 
     return types.uint32(value), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, bits):
+    """The float32 whose bits are the uint32 ``bits``."""
+    if bits != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@_jit.sweep
+def half_value(u, fmt):
+    """Half bits ``u`` of format ``fmt`` as a float32, exactly (scalars: LLVM inlines it)."""
+    if fmt == FLOAT16:
+        return _f16_bits_to_f32(u)
+    return _bits_f32(np.uint32(np.uint32(u) << np.uint32(16)))  # Numba widens the shift to uint64
+
+
+def get(row, j, fmt):
+    """``row[j]``; from a uint16 row (half bits), the value widened exactly to float32 from
+    format ``fmt``: so the backward's passes read half rows in place, with no float32 copy
+    of the row and no pass of its own to make one (:func:`put`'s twin)."""
+    return half_value(row[j], fmt) if row.dtype == np.uint16 else row[j]
+
+
+@overload(get, inline="always")
+def _get(row, j, fmt):
+    if isinstance(row, types.Array) and row.dtype == types.uint16:
+        def impl(row, j, fmt):
+            return half_value(row[j], fmt)
+    else:
+        def impl(row, j, fmt):
+            return row[j]
+    return impl
+
+
+def compute(row, v):
+    """``v`` in the type ``row``'s values are computed in: float32 for half bits, else the
+    row's own dtype."""
+    return np.float32(v) if row.dtype == np.uint16 else row.dtype.type(v)
+
+
+@overload(compute, inline="always")
+def _compute(row, v):
+    if isinstance(row, types.Array) and row.dtype == types.uint16:
+        def impl(row, v):
+            return np.float32(v)
+    else:
+        cast = row.dtype
+
+        def impl(row, v):
+            return cast(v)
+    return impl
 
 
 @_jit.sweep

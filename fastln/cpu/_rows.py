@@ -11,7 +11,7 @@ import numpy as np
 
 from fastln._config import BLOCK
 from fastln.cpu import _jit
-from fastln.cpu._half import put
+from fastln.cpu._half import compute, get, put
 
 
 @_jit.inline
@@ -65,24 +65,25 @@ def add_rows(xr, rr, hr):
 
 
 @_jit.reduce
-def block_backward_sums(xr, gr, w, m):
+def block_backward_sums(xr, gr, w, m, fmt):
     """``(sum(d), sum(wdy), sum(wdy * d))`` of one block, in the data's dtype (full SIMD
-    width: float32 lanes hold twice as many elements as float64 ones)."""
-    zero = xr.dtype.type(0)
+    width: float32 lanes hold twice as many elements as float64 ones).  Half rows (uint16
+    bits of format ``fmt``) are read in place and summed in float32 (:func:`._half.get`)."""
+    zero = compute(xr, 0)
     s_d = zero
     s_g = zero
     s_gd = zero
     if w.shape[0] != 0:
         for j in range(xr.shape[0]):
-            d = xr[j] - m
-            wdy = gr[j] * w[j]
+            d = get(xr, j, fmt) - m
+            wdy = get(gr, j, fmt) * w[j]
             s_d += d
             s_g += wdy
             s_gd += wdy * d
     else:
         for j in range(xr.shape[0]):
-            d = xr[j] - m
-            wdy = gr[j]
+            d = get(xr, j, fmt) - m
+            wdy = get(gr, j, fmt)
             s_d += d
             s_g += wdy
             s_gd += wdy * d
@@ -90,7 +91,7 @@ def block_backward_sums(xr, gr, w, m):
 
 
 @_jit.inline
-def backward_row_sums(xr, gr, w, m):
+def backward_row_sums(xr, gr, w, m, fmt):
     """``(sum(d), sum(wdy), sum(wdy * d))`` in float64, with ``d = x - m``, ``wdy = w * dy``.
 
     Each block of ``BLOCK`` elements is summed in the data's dtype (its SIMD lanes, about 8
@@ -102,14 +103,14 @@ def backward_row_sums(xr, gr, w, m):
     """
     cols = xr.shape[0]
     if cols <= BLOCK:  # one block, no views: a view per row costs ~25 ns of reference counting
-        a, b, c = block_backward_sums(xr, gr, w, m)
+        a, b, c = block_backward_sums(xr, gr, w, m, fmt)
         return np.float64(a), np.float64(b), np.float64(c)
     s_d = 0.0
     s_g = 0.0
     s_gd = 0.0
     for start in range(0, cols, BLOCK):
         stop = min(start + BLOCK, cols)
-        a, b, c = block_backward_sums(xr[start:stop], gr[start:stop], w[start:stop] if w.shape[0] != 0 else w, m)
+        a, b, c = block_backward_sums(xr[start:stop], gr[start:stop], w[start:stop] if w.shape[0] != 0 else w, m, fmt)
         s_d += np.float64(a)
         s_g += np.float64(b)
         s_gd += np.float64(c)
@@ -120,31 +121,32 @@ def backward_row_sums(xr, gr, w, m):
 def backward_sweep(xr, gr, gxr, m, corr_t, r_t, c1_t, c2_t, w, acc_w, acc_b, fmt):
     """``gx = (wdy - (x_hat * c1 + c2)) * rstd``; with ``acc_w`` of nonzero length also
     ``acc_w += dy * x_hat`` and ``acc_b += dy`` (parameter gradients, in the data's dtype).
-    A uint16 ``gxr`` takes gx as half bits of format ``fmt`` (:func:`._half.put`)."""
+    Half rows (uint16 bits of format ``fmt``) are read in place (:func:`._half.get`), and a
+    uint16 ``gxr`` takes gx as half bits (:func:`._half.put`)."""
     cols = xr.shape[0]
     if acc_w.shape[0] != 0:
         if w.shape[0] != 0:
             for j in range(cols):
-                g = gr[j]
-                x_hat = ((xr[j] - m) - corr_t) * r_t
+                g = get(gr, j, fmt)
+                x_hat = ((get(xr, j, fmt) - m) - corr_t) * r_t
                 put(gxr, j, (g * w[j] - (x_hat * c1_t + c2_t)) * r_t, fmt)
                 acc_w[j] += g * x_hat
                 acc_b[j] += g
         else:
             for j in range(cols):
-                g = gr[j]
-                x_hat = ((xr[j] - m) - corr_t) * r_t
+                g = get(gr, j, fmt)
+                x_hat = ((get(xr, j, fmt) - m) - corr_t) * r_t
                 put(gxr, j, (g - (x_hat * c1_t + c2_t)) * r_t, fmt)
                 acc_w[j] += g * x_hat
                 acc_b[j] += g
     elif w.shape[0] != 0:
         for j in range(cols):
-            x_hat = ((xr[j] - m) - corr_t) * r_t
-            put(gxr, j, (gr[j] * w[j] - (x_hat * c1_t + c2_t)) * r_t, fmt)
+            x_hat = ((get(xr, j, fmt) - m) - corr_t) * r_t
+            put(gxr, j, (get(gr, j, fmt) * w[j] - (x_hat * c1_t + c2_t)) * r_t, fmt)
     else:
         for j in range(cols):
-            x_hat = ((xr[j] - m) - corr_t) * r_t
-            put(gxr, j, (gr[j] - (x_hat * c1_t + c2_t)) * r_t, fmt)
+            x_hat = ((get(xr, j, fmt) - m) - corr_t) * r_t
+            put(gxr, j, (get(gr, j, fmt) - (x_hat * c1_t + c2_t)) * r_t, fmt)
 
 
 @_jit.inline

@@ -31,7 +31,7 @@ from fastln._config import BLOCK, COL_BLOCK, FLUSH_ROWS
 from fastln.cpu import _jit
 from fastln.cpu import layer_norm as ln
 from fastln.cpu import rms_norm as rms
-from fastln.cpu._half import FLOAT16, narrow, widen
+from fastln.cpu._half import FLOAT16, compute, narrow, widen
 from fastln.cpu._rows import (
     add_into,
     add_rows,
@@ -150,15 +150,15 @@ def _coefficients(s_d, s_g, s_gd, r, inv_c, centered):
 
 
 @_jit.inline
-def _backward_terms(xr, gr, mean, rstd, i, w, centered, inv_c):
-    """Row ``i``'s sweep constants in the row's dtype, ``(m, corr, rstd, c1, c2)``: float64
-    row sums, then the norm's coefficients."""
-    cast = xr.dtype.type
-    m = cast(mean[i]) if centered else cast(0.0)
+def _backward_terms(xr, gr, mean, rstd, i, w, centered, inv_c, fmt):
+    """Row ``i``'s sweep constants in the row's compute dtype (float32 for half rows of
+    format ``fmt``), ``(m, corr, rstd, c1, c2)``: float64 row sums, then the norm's
+    coefficients."""
+    m = compute(xr, mean[i]) if centered else compute(xr, 0.0)
     r = np.float64(rstd[i])
-    s_d, s_g, s_gd = backward_row_sums(xr, gr, w, m)
+    s_d, s_g, s_gd = backward_row_sums(xr, gr, w, m, fmt)
     corr, c1, c2 = _coefficients(s_d, s_g, s_gd, r, inv_c, centered)
-    return m, cast(corr), cast(r), cast(c1), cast(c2)
+    return m, compute(xr, corr), compute(xr, r), compute(xr, c1), compute(xr, c2)
 
 
 @_jit.inline
@@ -166,7 +166,7 @@ def _backward_row(xr, gr, gxr, mean, rstd, i, w, centered, inv_c, acc_w, acc_b, 
     """Row ``i``'s backward: its constants (:func:`_backward_terms`), then the sweep in the
     row's dtype (writes ``gxr``, or half bits of format ``fmt`` into a uint16 ``gxr``; adds
     into ``acc_w``/``acc_b`` when they have length)."""
-    m, corr, r, c1, c2 = _backward_terms(xr, gr, mean, rstd, i, w, centered, inv_c)
+    m, corr, r, c1, c2 = _backward_terms(xr, gr, mean, rstd, i, w, centered, inv_c, fmt)
     backward_sweep(xr, gr, gxr, m, corr, r, c1, c2, w, acc_w, acc_b, fmt)
 
 
@@ -179,7 +179,7 @@ def _backward_short_row(xr, gr, gxr, mean, rstd, i, w, centered, inv_c, acc_w, a
     cast = xr.dtype.type
     m = cast(mean[i]) if centered else cast(0.0)
     r = np.float64(rstd[i])
-    a, b, c = block_backward_sums(xr, gr, w, m)
+    a, b, c = block_backward_sums(xr, gr, w, m, 0)
     corr, c1, c2 = _coefficients(np.float64(a), np.float64(b), np.float64(c), r, inv_c, centered)
     backward_sweep(xr, gr, gxr, m, cast(corr), cast(r), cast(c1), cast(c2), w, acc_w, acc_b, 0)
 
@@ -188,8 +188,8 @@ def _backward_short_row(xr, gr, gxr, mean, rstd, i, w, centered, inv_c, acc_w, a
 def _backward_pair(x, gy, gx, mean, rstd, i, w, centered, inv_c, acc_w, acc_b):
     """Rows ``i`` and ``i + 1`` of :func:`_backward_row`, swept together
     (:func:`._rows.backward_sweep_pair`); bitwise the two rows one after the other."""
-    m0, corr0, r0, c10, c20 = _backward_terms(x[i], gy[i], mean, rstd, i, w, centered, inv_c)
-    m1, corr1, r1, c11, c21 = _backward_terms(x[i + 1], gy[i + 1], mean, rstd, i + 1, w, centered, inv_c)
+    m0, corr0, r0, c10, c20 = _backward_terms(x[i], gy[i], mean, rstd, i, w, centered, inv_c, 0)
+    m1, corr1, r1, c11, c21 = _backward_terms(x[i + 1], gy[i + 1], mean, rstd, i + 1, w, centered, inv_c, 0)
     backward_sweep_pair(x[i], gy[i], gx[i], m0, corr0, r0, c10, c20,
                         x[i + 1], gy[i + 1], gx[i + 1], m1, corr1, r1, c11, c21, w, acc_w, acc_b)
 
@@ -325,18 +325,20 @@ def _forward_half(xu, ru, w, b, eps, centered, yu, hu, mean, rstd, fmt):
 def _backward_half_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, c, rows_per_chunk, fmt):
     """Chunk ``c`` of :func:`_backward_half`: its rows of gx, its row of the partials.
 
+    The row sums and the sweep read the half rows of x and dy in place, widening each
+    element as they load it (:func:`._half.get`): no float32 copies of the rows, and no
+    passes of their own to make them.  At 4096x1024 float16 with parameter gradients, 2
+    threads, 1.4-1.5x faster than widening x and dy into float32 rows first, the same bits
+    (``python tools/half_bench.py --kernels``).
     float16 gx without a residual's gradient is rounded by the sweep as it writes it (no
-    float32 row, no pass of its own): 1.04-1.19x faster than rounding after (``python
-    tools/half_bench.py --kernels``).  bfloat16's rounding is integer work that slowed the
-    sweep as much as it saved (0.92-1.06x), so bfloat16 gx, and any gx with a residual's
-    gradient (added in float32 before the one rounding, as the upcast computation does),
-    go through a float32 row."""
+    float32 row, no pass of its own): 1.04-1.19x faster than rounding after.  bfloat16's
+    rounding is integer work that slowed the sweep as much as it saved (0.92-1.06x), so
+    bfloat16 gx, and any gx with a residual's gradient (added in float32 before the one
+    rounding, as the upcast computation does), go through a float32 row."""
     rows, cols = xu.shape
     has_gres = gresu.shape[0] != 0
     n = dw_part.shape[1]
     inv_c = 1.0 / cols
-    xf = np.empty(cols, np.float32)
-    gf = np.empty(cols, np.float32)
     via_f32 = has_gres or fmt != FLOAT16
     gxf = np.empty(cols if via_f32 else 0, np.float32)
     rf = np.empty(cols if has_gres else 0, np.float32)
@@ -345,25 +347,23 @@ def _backward_half_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, 
     start = c * rows_per_chunk
     stop = min(start + rows_per_chunk, rows)
     for i in range(start, stop):
-        widen(xu[i], xf, fmt)
-        widen(gyu[i], gf, fmt)
         if via_f32:
-            _backward_row(xf, gf, gxf, mean, rstd, i, w, centered, inv_c, acc_w, acc_b, fmt)
+            _backward_row(xu[i], gyu[i], gxf, mean, rstd, i, w, centered, inv_c, acc_w, acc_b, fmt)
             if has_gres:
                 widen(gresu[i], rf, fmt)
                 add_into(gxf, rf)
             narrow(gxf, gxu[i], fmt)
         else:
-            _backward_row(xf, gf, gxu[i], mean, rstd, i, w, centered, inv_c, acc_w, acc_b, fmt)  # rounded as written
+            _backward_row(xu[i], gyu[i], gxu[i], mean, rstd, i, w, centered, inv_c, acc_w, acc_b, fmt)  # rounded as written
         if n != 0 and ((i - start + 1) % FLUSH_ROWS == 0 or i == stop - 1):
             flush(acc_w, dw_part[c])
             flush(acc_b, db_part[c])
 
 
 def _backward_half(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, db_part, dw, db, rows_per_chunk, fmt):
-    """Half-precision backward (uint16 bits of format ``fmt``): each row of x, dy (and the
-    residual_out gradient) widened into float32 buffers in cache, the float32 row kernel's
-    own :func:`_backward_row` run on them (in the same chunks), gx rounded once.
+    """Half-precision backward (uint16 bits of format ``fmt``): the float32 row kernel's own
+    :func:`_backward_row` run on the half rows of x and dy, each element widened as it is
+    loaded (in the same chunks), gx rounded once.
     Bitwise what upcasting the tensors to float32 and rounding gx gives, without the copies.
     ``w``, ``mean``, ``rstd``, ``dw``, ``db`` are float32."""
     for c in prange(dw_part.shape[0]):
@@ -454,7 +454,7 @@ def _backward_cols(gy, x, mean, rstd, w, centered, gres, gx, dw, db):
         lo = (t - i * nb) * COL_BLOCK
         hi = min(lo + COL_BLOCK, cols)
         m = cast(mean[i]) if centered else cast(0.0)
-        s_d, s_g, s_gd = backward_row_sums(x[i, lo:hi], gy[i, lo:hi], w[lo:hi], m)
+        s_d, s_g, s_gd = backward_row_sums(x[i, lo:hi], gy[i, lo:hi], w[lo:hi], m, 0)
         part[t, 0] = s_d
         part[t, 1] = s_g
         part[t, 2] = s_gd
