@@ -59,6 +59,19 @@ BLOCK = _env_int("FASTLN_BLOCK", 512)
 #: the work itself.  Work counts elements plus ``ROW_COST`` per row.
 SERIAL_BELOW = _env_int("FASTLN_SERIAL_BELOW", 1 << 15, minimum=0)
 
+#: The torch bridge's compiled glue runs work on torch's thread pool from this much work
+#: on (same units), serially below it.  Only where the work runs: the backward's chunks
+#: still come from ``SERIAL_BELOW`` (:func:`fastln._api.chunking`), so the bits are the
+#: NumPy API's either way.  ``python tools/pool_threshold.py`` times candidates side by
+#: side, 1 << 15 against 1 << 16 at 64x512, 96x512, 128x256 and 48x1024 (time at 1 << 16
+#: over time at 1 << 15): 21 rounds, the pool from 1 << 15 won everywhere (no_grad
+#: 1.20-1.37x, forward+backward 1.11-1.18x); 11 rounds, it won at the two 512-wide shapes
+#: (1.07-1.31x) and lost at 128x256 (0.90-0.94x) and 48x1024 (0.96-1.00x); a first version
+#: of the tool, with no torch calls between bursts to keep torch's workers awake, had it
+#: losing (0.87-0.97x).  In a model torch's workers are awake, so it stays at
+#: ``SERIAL_BELOW``'s value.
+POOL_BELOW = _env_int("FASTLN_POOL_BELOW", 1 << 15, minimum=0)
+
 #: A row's fixed cost (reductions' set-up, sqrt, loop tails) in elements: 640x20 runs
 #: 2.3x faster in parallel although it holds only 12,800 elements.
 ROW_COST = _env_int("FASTLN_ROW_COST", 128, minimum=0)

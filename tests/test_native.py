@@ -277,6 +277,34 @@ def test_mid_size_backward_halves_keep_the_numpy_api_bits(shape):
         torch.testing.assert_close(g, r.float(), rtol=1e-5, atol=1e-5 * float(r.abs().max()))
 
 
+@pytest.mark.parametrize("shape", [(64, 512), (300, 257)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_pool_threshold_moves_work_not_bits(shape, dtype):
+    """``_config.POOL_BELOW`` only decides whether the glue's work runs on torch's pool: set
+    past any work (everything serial), forward and gradients are the same bits as at the
+    default, and the backward's chunks are the same."""
+    from fastln.torch import _native
+
+    x, w, b = (t.to(dtype) for t in _data(shape))
+    gy = torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+
+    def run():
+        xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+        y = ft.layer_norm(xg, (shape[1],), wg, bg)
+        return (y, *torch.autograd.grad(y, (xg, wg, bg), gy))
+
+    default = run()
+    chunks = _native.chunking(*shape)
+    try:
+        _fast.configure(_native, pool_below=1 << 62)
+        serial = run()
+        assert _native.chunking(*shape) == chunks
+    finally:
+        _fast.configure(_native)
+    for a, b_ in zip(default, serial, strict=True):
+        assert torch.equal(a, b_)
+
+
 def _native_chunking(rows, cols):
     from fastln.torch import _native
 

@@ -39,8 +39,11 @@ def build(rev: str):
     (tmp / "native_base.cpp").write_text(src)
     mod = load(name="native_base", sources=[str(tmp / "native_base.cpp")], extra_cflags=["-O2", "-fopenmp"],
                extra_ldflags=["-fopenmp"], build_directory=str(tmp))
-    mod.configure(entries.address, _fast._backward, _config.SERIAL_BELOW, _config.ROW_COST, _config.COL_SPLIT_MIN,
-                  _config.MAX_CHUNKS, _config.MAX_PARTIAL_BYTES, _config.MIN_CHUNK_ELEMS)
+    try:  # glues from session 15 on take the pool's own threshold
+        _fast.configure(mod)
+    except TypeError:
+        mod.configure(entries.address, _fast._backward, _config.SERIAL_BELOW, _config.ROW_COST, _config.COL_SPLIT_MIN,
+                      _config.MAX_CHUNKS, _config.MAX_PARTIAL_BYTES, _config.MIN_CHUNK_ELEMS)
     return mod
 
 

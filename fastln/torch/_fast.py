@@ -46,6 +46,19 @@ def _backward(grad_y, grad_res, h, mean, rstd, weight, normalized_shape, eps, ce
                                  h.numel() // rows, eps, centered, needs, (dt, dt, pdt, pdt), composite)
 
 
+def configure(native, pool_below=None):
+    """Hand the compiled glue ``native`` the kernels' entry points, the Python backward and
+    :mod:`fastln._config`'s launch constants; ``pool_below`` overrides
+    ``_config.POOL_BELOW`` (``tools/pool_threshold.py`` and the tests try others)."""
+    from fastln.cpu import _half, entries
+
+    native.configure(
+        entries.address, _backward, _config.SERIAL_BELOW, _config.POOL_BELOW if pool_below is None else pool_below,
+        _config.ROW_COST, _config.COL_SPLIT_MIN, _config.MAX_CHUNKS, _config.MAX_PARTIAL_BYTES,
+        _config.MIN_CHUNK_ELEMS, _half.BFLOAT16, _half.FLOAT16 if _half.FLOAT16_IN_KERNEL else -1,
+    )
+
+
 def _load():
     global norm, forward_half, backward_half, WHY_NOT
     norm = forward_half = backward_half = WHY_NOT = None
@@ -57,14 +70,8 @@ def _load():
     except ImportError as exc:  # not built, or built against another torch
         WHY_NOT = f"not built or not loadable ({exc})"
         return
-    from fastln.cpu import _half, entries
-
     try:
-        _native.configure(
-            entries.address, _backward, _config.SERIAL_BELOW, _config.ROW_COST, _config.COL_SPLIT_MIN,
-            _config.MAX_CHUNKS, _config.MAX_PARTIAL_BYTES, _config.MIN_CHUNK_ELEMS,
-            _half.BFLOAT16, _half.FLOAT16 if _half.FLOAT16_IN_KERNEL else -1,
-        )
+        configure(_native)
     except TypeError as exc:  # an extension built from other sources (an editable install not rebuilt)
         WHY_NOT = f"built from another version of fastln/torch/_native.cpp; reinstall to rebuild it ({exc})"
         return

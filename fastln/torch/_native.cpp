@@ -57,7 +57,7 @@ constexpr int FORWARD_HALF_ENTRY = 6, BACKWARD_HALF_ENTRY = 7;
 
 struct Config {
   bool configured = false;
-  int64_t serial_below = 0, row_cost = 0, col_split_min = 0, max_chunks = 1;
+  int64_t serial_below = 0, pool_below = 0, row_cost = 0, col_split_min = 0, max_chunks = 1;
   int64_t max_partial_bytes = 0, min_chunk_elems = 1;
   // fastln.cpu._half's format codes of the half types converted in the kernels, -1 for
   // none (float16 without the CPU's conversion instructions goes to the Python bridge).
@@ -97,11 +97,14 @@ Tensor as_float32(const Tensor* t) {
   return t->scalar_type() == at::kFloat ? *t : t->to(at::kFloat);
 }
 
-// fastln._api._launch's rule: serial for one task or little work, else parallel.  Parallel
-// work runs on torch's intra-op pool (at::parallel_for), not Numba's: after a torch op its
-// OpenMP workers spin for a while, and Numba's workers would fight them for the cores.
+// fastln._api._launch's rule, with the glue's own threshold (fastln._config.POOL_BELOW):
+// serial for one task or little work, else parallel.  Parallel work runs on torch's
+// intra-op pool (at::parallel_for), not Numba's: after a torch op its OpenMP workers spin for
+// a while, and Numba's workers would fight them for the cores.  Only where work runs is
+// decided here; the backward's chunks (chunking, from serial_below) are the NumPy API's
+// whatever runs them, so the bits do not depend on this threshold.
 bool parallel(bool one_task, int64_t rows, int64_t size) {
-  return !one_task && size + cfg.row_cost * rows >= cfg.serial_below && at::get_num_threads() > 1;
+  return !one_task && size + cfg.row_cost * rows >= cfg.pool_below && at::get_num_threads() > 1;
 }
 
 // fastln._api.use_column_kernels
@@ -213,7 +216,7 @@ struct Partials {
 template <class RowsFrom>
 void over_rows(int64_t rows, int64_t cols, const RowsFrom& rows_from) {
   if (parallel(rows == 1, rows, rows * cols)) {
-    const int64_t grain = std::max<int64_t>(1, (cfg.serial_below / 2 + cols + cfg.row_cost - 1) / (cols + cfg.row_cost));
+    const int64_t grain = std::max<int64_t>(1, (cfg.pool_below / 2 + cols + cfg.row_cost - 1) / (cols + cfg.row_cost));
     py::gil_scoped_release nogil;
     at::parallel_for(0, rows, grain, rows_from);
   } else {
@@ -470,12 +473,16 @@ py::object norm(py::handle xo, py::handle ro, py::handle shape, py::handle wo, p
   return py::cast(got[0]);
 }
 
-void configure(py::object resolve, py::object fallback, int64_t serial_below, int64_t row_cost,
+void configure(py::object resolve, py::object fallback, int64_t serial_below, int64_t pool_below, int64_t row_cost,
                int64_t col_split_min, int64_t max_chunks, int64_t max_partial_bytes, int64_t min_chunk_elems,
                int64_t fmt_bf16, int64_t fmt_f16) {
-  cfg.resolve = resolve.release().ptr();  // kept for the life of the process
+  // Kept for the life of the process (see Config).  A second call (tools/native_ab.py's
+  // threshold sweep) replaces them and leaks the old references, on purpose: an autograd
+  // node's backward on another thread may be using them.
+  cfg.resolve = resolve.release().ptr();
   cfg.fallback = fallback.release().ptr();
   cfg.serial_below = serial_below;
+  cfg.pool_below = pool_below;
   cfg.row_cost = row_cost;
   cfg.col_split_min = col_split_min;
   cfg.max_chunks = std::max<int64_t>(1, max_chunks);
@@ -493,7 +500,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("configure", &configure,
         "Hand over the entry resolver, the Python backward, fastln._config's launch constants and the "
         "format codes of the half types the kernels convert (-1: none).",
-        py::arg("resolve"), py::arg("fallback"), py::arg("serial_below"), py::arg("row_cost"),
+        py::arg("resolve"), py::arg("fallback"), py::arg("serial_below"), py::arg("pool_below"), py::arg("row_cost"),
         py::arg("col_split_min"), py::arg("max_chunks"), py::arg("max_partial_bytes"), py::arg("min_chunk_elems"),
         py::arg("fmt_bf16") = -1, py::arg("fmt_f16") = -1);
   m.def("norm", &norm, "y, (y, residual_out), or None when the Python bridge must take the call.");
