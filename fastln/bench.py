@@ -378,18 +378,29 @@ def _inner_loops(fn, target_s=2e-3) -> int:
     return max(1, min(1000, int(target_s / max(dt, 1e-7))))
 
 
-def interleaved_samples(fns: dict[str, Callable], rounds: int) -> dict[str, np.ndarray]:
-    """Seconds per call of each function, one burst per function per round, interleaved.
+def _nothing():
+    pass
+
+
+def interleaved_samples(fns: dict[str, Callable], rounds: int,
+                        setup: dict[str, Callable] | None = None) -> dict[str, np.ndarray]:
+    """Seconds per call of each function, one burst per function per round, interleaved;
+    ``setup[name]()``, where given, runs (untimed) before each of that function's bursts.
 
     Each timed burst follows an untimed one of the same function: torch's OpenMP workers
     busy-wait for about 6 ms after a torch call, and on a 2-core machine that slows
     whatever runs next (fastln by ~1.7x at 512x768).  A warm-up of ``WARMUP_S`` lets every
     implementation be timed in the state its own loop would leave the machine in.
     """
-    loops = {k: _inner_loops(f) for k, f in fns.items()}
+    setup = setup or {}
+    loops = {}
+    for k, f in fns.items():
+        setup.get(k, _nothing)()
+        loops[k] = _inner_loops(f)
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
+            setup.get(k, _nothing)()
             n = loops[k]
             end = time.perf_counter() + WARMUP_S
             while time.perf_counter() < end:
@@ -410,10 +421,12 @@ def kept_rounds(samples: dict[str, np.ndarray]) -> np.ndarray:
     return keep
 
 
-def kept_samples(fns: dict[str, Callable], rounds: int) -> tuple[dict[str, np.ndarray], int]:
+def kept_samples(fns: dict[str, Callable], rounds: int,
+                 setup: dict[str, Callable] | None = None) -> tuple[dict[str, np.ndarray], int]:
     """Interleaved samples of every function with the spoiled rounds dropped for all of them:
-    ``({name: seconds per call over the kept rounds}, number of rounds kept)``."""
-    samples = interleaved_samples(fns, rounds)
+    ``({name: seconds per call over the kept rounds}, number of rounds kept)``; ``setup`` as
+    in :func:`interleaved_samples`."""
+    samples = interleaved_samples(fns, rounds, setup)
     keep = kept_rounds(samples)
     return {k: v[keep] for k, v in samples.items()}, int(keep.sum())
 

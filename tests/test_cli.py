@@ -85,12 +85,27 @@ def test_spoiled_rounds_are_dropped_for_every_implementation():
     assert bench.kept_rounds(samples).tolist() == [True, True, False, True, False]
 
 
+def test_setup_runs_before_every_burst_of_its_function_only(monkeypatch):
+    """``setup[name]`` (tools/pool_threshold.py reconfigures the glue with it) runs, untimed,
+    before each burst of its own function, so every timed call of that function sees it."""
+    monkeypatch.setattr(bench, "WARMUP_S", 0.0)
+    state, seen = {"v": None}, {"a": set(), "b": set()}
+    fns = {"a": lambda: seen["a"].add(state["v"]), "b": lambda: seen["b"].add(state["v"])}
+    samples = bench.interleaved_samples(fns, 3, setup={"a": lambda: state.update(v="A")})
+    assert seen["a"] == {"A"} and seen["b"] == {"A"}  # b has no setup: it sees what a left
+    state["v"] = None
+    seen = {"a": set(), "b": set()}
+    bench.interleaved_samples(fns, 2, setup={"a": lambda: state.update(v="A"), "b": lambda: state.update(v="B")})
+    assert seen == {"a": {"A"}, "b": {"B"}}
+    assert all(len(v) == 3 for v in samples.values())
+
+
 def test_a_noisy_case_is_measured_again_then_flagged(monkeypatch):
     # One implementation alternates between 1 and 2.5 units per burst (a busy neighbour that
     # never leaves): under the spoiled-round threshold, over the spread threshold.
     calls = []
 
-    def samples(fns, rounds):
+    def samples(fns, rounds, setup=None):
         calls.append(rounds)
         wobbly = np.array([1.0, 2.5] * (rounds // 2) + [1.0] * (rounds % 2)) * 1e-3
         return {"torch": np.full(rounds, 1e-3), "fastln": wobbly}
@@ -106,7 +121,7 @@ def test_a_noisy_case_is_measured_again_then_flagged(monkeypatch):
 def test_a_quiet_case_is_measured_once_and_not_flagged(monkeypatch):
     calls = []
 
-    def samples(fns, rounds):
+    def samples(fns, rounds, setup=None):
         calls.append(rounds)
         return {"torch": np.linspace(1.0, 1.05, rounds) * 2e-3, "fastln": np.linspace(1.0, 1.1, rounds) * 1e-3}
 

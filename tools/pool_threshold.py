@@ -5,7 +5,8 @@
 The glue runs a call serially below ``fastln._config.POOL_BELOW`` (work: elements plus
 ``ROW_COST`` per row) and on torch's pool (``at::parallel_for``) above it.  This times
 ``ft.layer_norm`` (float32, affine, 2 threads) on shapes whose work spans the candidates,
-with the glue reconfigured to each candidate threshold before each of its bursts, the
+with the glue reconfigured to each candidate threshold before each of its bursts (the
+``setup`` of :func:`fastln.bench.kept_samples`), the
 candidates and torch's own ``F.layer_norm`` interleaved round by round (``fastln.bench``'s
 warm-up and spoiled-round rule): a no_grad forward, and a forward with ``autograd.grad`` of
 x, w and b.  Every candidate
@@ -16,7 +17,7 @@ candidate's time over the best's, with its interquartile range over rounds.
 
 import argparse
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,28 +31,6 @@ from fastln.torch import _fast  # noqa: E402
 
 SHAPES = [(64, 512), (96, 512), (128, 512), (192, 512), (128, 256), (256, 256), (48, 1024), (96, 1024),
           (1, 128, 768)]
-
-
-def samples(native, fn, torch_fn, thresholds, rounds):
-    """Seconds per call of ``fn`` under each threshold, and of torch's ``torch_fn``: a
-    warm-up and a burst each per round, interleaved as
-    :func:`fastln.bench.interleaved_samples` does."""
-    _fast.configure(native, thresholds[0])
-    n = bench._inner_loops(fn)
-    out = {t: [] for t in [*thresholds, "torch"]}
-    for _ in range(rounds):
-        for t in out:
-            f = torch_fn if t == "torch" else fn
-            if t != "torch":
-                _fast.configure(native, t)
-            end = time.perf_counter() + bench.WARMUP_S
-            while time.perf_counter() < end:
-                f()
-            start = time.perf_counter()
-            for _ in range(n):
-                f()
-            out[t].append((time.perf_counter() - start) / n)
-    return {t: np.array(v) for t, v in out.items()}
 
 
 def case(native, shape, thresholds, rounds):
@@ -83,9 +62,9 @@ def case(native, shape, thresholds, rounds):
     assert all(torch.equal(u, v) for got in bits[1:] for u, v in zip(bits[0], got, strict=True)), "bits differ"
     rows = []
     for fn, torch_fn in ((ng, torch_ng), (fb, torch_fb)):
-        s = samples(native, fn, torch_fn, thresholds, rounds)
-        keep = bench.kept_rounds(s)
-        s = {t: v[keep] for t, v in s.items()}
+        fns = {t: fn for t in thresholds} | {"torch": torch_fn}
+        setup = {t: partial(_fast.configure, native, t) for t in thresholds}
+        s, _ = bench.kept_samples(fns, rounds, setup)
         med = {t: np.median(v) for t, v in s.items()}
         best = min(thresholds, key=med.get)
         r = s[thresholds[0]] / s[best]
