@@ -206,6 +206,35 @@ def test_half_backward_in_kernel_is_the_upcast_result_rounded_once(shape, center
     assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
 
 
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=str)
+def test_half_backward_reads_every_kind_of_half_value_as_the_upcast_does(half):
+    """Every half bit pattern class, read in place by the backward's sums and sweep: zeros of
+    both signs, subnormals, the largest finite values, infinities and NaN, in x and in dy, on
+    rows whose other elements are ordinary.  grad_x (NaN where the upcast gives NaN), grad_w
+    and grad_b are bitwise what the float32 kernels give on the upcast tensors."""
+    if half not in _glue._HALF_IN_KERNEL:
+        pytest.skip("this CPU has no float16 conversion instructions: float16 is upcast")
+    info = torch.finfo(half)
+    specials = torch.tensor([0.0, -0.0, info.tiny / 4, -info.tiny / 2, info.tiny, info.max, -info.max,
+                             float("inf"), -float("inf"), float("nan")]).to(half)
+    rows, cols = 2 * len(specials) + 2, 700  # two sum blocks a row
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(rows, cols, generator=g).to(half)
+    gy = torch.randn(rows, cols, generator=g).to(half)
+    for k, v in enumerate(specials):  # row k: the special value in x; row len + k: in dy
+        x[k, 3 + 37 * k] = v
+        gy[len(specials) + k, 5 + 41 * k] = v
+    w = torch.randn(cols, generator=g).to(half)
+    _, _, mean, rstd = _glue.forward_impl(x, None, (cols,), rows, cols, w, None, 1e-5, True)
+    got = _glue.backward_impl(gy, None, x, mean, rstd, w, (cols,), rows, cols, True, True)
+    want = _glue.backward_impl(gy.float(), None, x.float(), mean, rstd, w.float(), (cols,), rows, cols, True, True)
+    assert torch.equal(got[0].isnan(), want[0].to(half).isnan())
+    assert torch.equal(torch.nan_to_num(got[0]), torch.nan_to_num(want[0].to(half)))
+    for a, b in zip(got[1:], want[1:], strict=True):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+    assert not got[0][-2:].isnan().any()  # the ordinary rows stay ordinary
+
+
 def _half_case(shape, residual, wdtype, half, native):
     """``(x, residual or its gradient, weight, generator)`` for the half-on-torch's-pool tests;
     skips where the half kernels or the compiled glue are not in use."""
