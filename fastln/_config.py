@@ -68,7 +68,7 @@ SERIAL_BELOW = _env_int("FASTLN_SERIAL_BELOW", 1 << 15, minimum=0)
 #: 1.20-1.37x, forward+backward 1.11-1.18x); 11 rounds, it won at the two 512-wide shapes
 #: (1.07-1.31x) and lost at 128x256 (0.90-0.94x) and 48x1024 (0.96-1.00x); a first version
 #: of the tool, with no torch calls between bursts to keep torch's workers awake, had it
-#: losing (0.87-0.97x).  In a model torch's workers are awake, so it stays at
+#: mostly losing (0.88-1.02x).  In a model torch's workers are awake, so it stays at
 #: ``SERIAL_BELOW``'s value.
 POOL_BELOW = _env_int("FASTLN_POOL_BELOW", 1 << 15, minimum=0)
 
