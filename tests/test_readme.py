@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -68,3 +70,22 @@ def test_gpu_table_is_the_committed_h200_results():
         for key, cell in zip(keys, cells, strict=True):
             source = final if shape == (64, 65536) and "backward" in key else full
             assert int(cell) == round(source[shape][key]), (shape, key)
+
+
+def test_half_table_is_the_committed_half_bench_results():
+    """The README's half-precision table is ``benchmarks/results/cpu-2core/half_bench.json``,
+    each row as ``tools/half_bench.py`` prints it."""
+    import importlib.util
+    import json
+
+    pytest.importorskip("torch")  # the tool imports it
+    spec = importlib.util.spec_from_file_location("half_bench", ROOT / "tools" / "half_bench.py")
+    half_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(half_bench)
+    data = json.loads((ROOT / "benchmarks" / "results" / "cpu-2core" / "half_bench.json").read_text())
+    want = [half_bench.table_row(r) for r in data["rows"]]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    header = "| dtype | pass | shape | in kernel | upcast | torch native | upcast / in kernel | torch / in kernel |"
+    at = readme.index(header) + 2
+    assert readme[at:at + len(want)] == want and len(want) == 16
+

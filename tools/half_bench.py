@@ -1,7 +1,7 @@
 """Half precision through the bridge: fastln's in-kernel conversion vs the float32 upcast it
 replaced and vs torch's native half kernels (LayerNorm, affine, 2 threads).
 
-    python tools/half_bench.py [--dtype bfloat16 float16] [--pass forward backward] [--rounds 15]
+    python tools/half_bench.py [--dtype bfloat16 float16] [--pass forward backward] [--rounds 15] [--json F]
     python tools/half_bench.py --kernels [--rounds 21]
 
 Interleaved bursts (fastln.bench); ratio = other time / in-kernel time, [min-max] per round.
@@ -15,6 +15,7 @@ reused) against the ones they replaced, compiled here, [interquartile range]:
 """
 
 import argparse
+import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -198,21 +199,34 @@ def main():
     p.add_argument("--dtype", nargs="+", default=["bfloat16", "float16"], choices=["bfloat16", "float16"])
     p.add_argument("--pass", dest="passes", nargs="+", default=["forward", "backward"], choices=["forward", "backward"])
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--json", default=None, help="also write the rows here (the README's table is such a file)")
     a = p.parse_args()
     if a.kernels:
         return kernels(a.rounds)
     torch.set_num_threads(numba.get_num_threads())
     print("| dtype | pass | shape | in kernel | upcast | torch native | upcast / in kernel | torch / in kernel |")
     print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for dtype in a.dtype:
         for direction in a.passes:
             for shape in SHAPES:
                 o = case(shape, getattr(torch, dtype), direction, a.rounds)
-                t = lambda s: f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"  # noqa: E731
-                u, n = o["upcast ratio"], o["torch ratio"]
-                print(f"| {dtype} | {direction} | {shape[0]}x{shape[1]} | {t(o['in kernel'])} | {t(o['upcast'])} "
-                      f"| {t(o['torch'])} | {u[0]:.2f}x [{u[1]:.2f}-{u[2]:.2f}] | {n[0]:.2f}x [{n[1]:.2f}-{n[2]:.2f}] |",
-                      flush=True)
+                rows.append({"dtype": dtype, "pass": direction, "shape": list(shape), **o})
+                print(table_row(rows[-1]), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"machine": bench.machine_info(), "rounds": a.rounds, "rows": rows},
+                                           indent=1))
+
+
+def table_row(o) -> str:
+    """One row of the table, from one of ``--json``'s rows (tests/test_readme.py compares the
+    README's table with the committed file through this)."""
+    def t(s):
+        return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
+
+    u, n = o["upcast ratio"], o["torch ratio"]
+    return (f"| {o['dtype']} | {o['pass']} | {o['shape'][0]}x{o['shape'][1]} | {t(o['in kernel'])} | {t(o['upcast'])} "
+            f"| {t(o['torch'])} | {u[0]:.2f}x [{u[1]:.2f}-{u[2]:.2f}] | {n[0]:.2f}x [{n[1]:.2f}-{n[2]:.2f}] |")
 
 
 if __name__ == "__main__":
