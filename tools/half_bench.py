@@ -120,7 +120,7 @@ def _old_backward_half():
     import types
 
     flags = dict(nogil=True, error_model="numpy", fastmath={"contract"})
-    g = dict(K.__dict__, K=K, widen=widen, narrow=narrow, np=np)
+    g = dict(K.__dict__, K=K)  # kernels' own globals (np, widen, narrow...), and K for the chunk's K.*
     chunk = types.FunctionType(_widened_chunk.__code__, g, "old_chunk")
     g["_backward_half_chunk"] = numba.njit(inline="always", **flags)(chunk)
     return numba.njit(parallel=True, **flags)(types.FunctionType(K._backward_half.__code__, g, "old"))

@@ -327,9 +327,10 @@ def _backward_half_chunk(gyu, xu, mean, rstd, w, centered, gresu, gxu, dw_part, 
 
     The row sums and the sweep read the half rows of x and dy in place, widening each
     element as they load it (:func:`._half.get`): no float32 copies of the rows, and no
-    passes of their own to make them.  At 4096x1024 float16 with parameter gradients, 2
-    threads, 1.4-1.5x faster than widening x and dy into float32 rows first, the same bits
-    (``python tools/half_bench.py --kernels``).
+    passes of their own to make them.  With parameter gradients, 2 threads, against widening
+    x and dy into float32 rows first, the same bits (``python tools/half_bench.py
+    --kernels``, two runs of 21 rounds): float16 1.06-1.13x at 512x768 and 1.38-2.04x from
+    4096x1024 up, bfloat16 1.11-1.16x and 1.43-1.58x.
     float16 gx without a residual's gradient is rounded by the sweep as it writes it (no
     float32 row, no pass of its own): 1.04-1.19x faster than rounding after.  bfloat16's
     rounding is integer work that slowed the sweep as much as it saved (0.92-1.06x), so

@@ -476,9 +476,9 @@ py::object norm(py::handle xo, py::handle ro, py::handle shape, py::handle wo, p
 void configure(py::object resolve, py::object fallback, int64_t serial_below, int64_t pool_below, int64_t row_cost,
                int64_t col_split_min, int64_t max_chunks, int64_t max_partial_bytes, int64_t min_chunk_elems,
                int64_t fmt_bf16, int64_t fmt_f16) {
-  // Kept for the life of the process (see Config).  A second call (tools/native_ab.py's
-  // threshold sweep) replaces them and leaks the old references, on purpose: an autograd
-  // node's backward on another thread may be using them.
+  // Kept for the life of the process (see Config).  A second call (tools/pool_threshold.py,
+  // tests/test_native.py, through fastln.torch._fast.configure) replaces them and leaks the
+  // old references, on purpose: an autograd node's backward on another thread may be using them.
   cfg.resolve = resolve.release().ptr();
   cfg.fallback = fallback.release().ptr();
   cfg.serial_below = serial_below;
