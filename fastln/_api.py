@@ -147,7 +147,8 @@ def chunking(rows: int, cols: int) -> tuple[int, int]:
         if work >= _config.SERIAL_BELOW and rows >= 2:
             return 2, -(-rows // 2)
         return 1, max(rows, 1)
-    cap = min(_config.MAX_CHUNKS, rows, max(2, _config.MAX_PARTIAL_BYTES // max(16 * cols, 1)))
+    cap = min(_config.MAX_CHUNKS, rows, max(2, rows // max(_config.MIN_CHUNK_ROWS, 1)),
+              max(2, _config.MAX_PARTIAL_BYTES // max(16 * cols, 1)))
     n_chunks = max(1, min(cap, work // _config.MIN_CHUNK_ELEMS))
     if n_chunks > 1 and n_chunks % 2:  # an even count keeps 2 (or 4) threads equally busy
         n_chunks += 1 if n_chunks < cap else -1

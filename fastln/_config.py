@@ -93,6 +93,18 @@ MIN_CHUNK_ELEMS = _env_int("FASTLN_MIN_CHUNK_ELEMS", 1 << 15)
 #: rows get fewer chunks rather than megabytes of zero-filled buffers.
 MAX_PARTIAL_BYTES = _env_int("FASTLN_MAX_PARTIAL_BYTES", 4 << 20)
 
+#: Fewest rows a backward chunk holds, where the work makes more than two chunks: each chunk
+#: costs a row of float64 partials (zeroed, flushed into, summed) and its own accumulators,
+#: a few row-passes of memory traffic whatever its number of rows, so chunks of a few wide
+#: rows spent more on their partials than on their rows.  Side by side with torch's kernel
+#: (float32 with parameter gradients, 2 threads, 11-15 rounds; torch's time over fastln's),
+#: 16 chunks against 2-4: 64x16384 0.71x against 1.24-1.36x, 96x8192 0.99x against
+#: 1.40-1.45x, 256x16384 0.97x against 1.10-1.12x, 32x65536 (4 chunks) 0.91x against
+#: 1.17x (2); at 64 rows a chunk and more, as many chunks were level with fewer (1024x4096,
+#: 2048x768, 512x768).  It caps the parallelism of few-row shapes on machines of many
+#: cores, as ``MAX_CHUNKS`` does of every shape.
+MIN_CHUNK_ROWS = _env_int("FASTLN_MIN_CHUNK_ROWS", 64)
+
 #: Backward gathers grad_weight/grad_bias over this many rows in the data's dtype before
 #: adding them into float64 partials.  32 rather than 16: each flush converts and adds two
 #: rows of float64 partials, and halving them made the backward 1.03x faster at 512x768

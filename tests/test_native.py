@@ -233,6 +233,22 @@ def test_the_chunking_port_agrees_with_the_python_one():
             assert tuple(_native.chunking(rows, cols)) == _api.chunking(rows, cols), (rows, cols)
 
 
+def test_chunks_of_more_than_two_hold_min_chunk_rows():
+    """Each backward chunk pays a row of partials whatever its rows, so beyond two chunks a
+    chunk holds ``_config.MIN_CHUNK_ROWS`` rows (the last may hold fewer), in both ports."""
+    from fastln import _api, _config
+    from fastln.torch import _native
+
+    assert _api.chunking(64, 16384) == (2, 32) == tuple(_native.chunking(64, 16384))  # was 16 chunks of 4
+    assert _api.chunking(256, 16384) == (4, 64) == tuple(_native.chunking(256, 16384))
+    for rows in (3, 63, 64, 65, 127, 128, 129, 200, 640, 1000, 4096):
+        for cols in (20, 512, 768, 4096, 16384, 65536):
+            n, per = _api.chunking(rows, cols)
+            if n > 2:
+                assert per >= _config.MIN_CHUNK_ROWS, (rows, cols, n, per)
+            assert (n - 1) * per < rows <= n * per, (rows, cols, n, per)
+
+
 def test_parameter_gradients_do_not_depend_on_the_thread_count():
     """The glue's port of fastln._api.chunking splits by shape alone."""
     import numba

@@ -49,7 +49,12 @@ so the comparison survives a noisy machine better than two separate runs).
   cache), 16 MiB (x and y together fill this machine's 32 MiB L3) and 64 MiB (in memory; the
   forward streams its output there).
 
-``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling`` picks sections.
+- **chunks**: the parallel backward (float32, weight, bias and their gradients, 2 threads)
+  with its rows split into 2, 4, 8 and 16 chunks and into the chunks ``fastln._api.chunking``
+  gives today (``_config.MIN_CHUNK_ROWS`` rows a chunk, beyond two), as torch's time over
+  each; a chunk's float64 partials cost a few passes over a row whatever its number of rows.
+
+``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling,chunks`` picks sections.
 """
 
 import argparse
@@ -140,12 +145,12 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling")
+    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling,chunks")
     p.add_argument("--pair-bytes", type=int, default=K.PAIR_FORWARD_ROW_BYTES)
     a = p.parse_args()
     only = set(a.only.split(","))
     for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "hot", "flush", "lanes",
-                    "ceiling"):
+                    "ceiling", "chunks"):
         if section in only:
             if section == "pairs":
                 _pairs(a.rounds, a.pair_bytes)
@@ -537,6 +542,54 @@ def _lanes(rounds):
                 "order written out": _forward_variant(stream=False)}
     _old_vs_new("lanes", "LLVM's order", "order written out", variants,
                 [(4096, 20), (512, 64), (512, 128), (512, 768), (4096, 1024), (64, 65536)], rounds)
+
+
+
+def _chunks(rounds):
+    import torch
+
+    torch.set_num_threads(numba.get_num_threads())
+    counts = (2, 4, 8, 16)
+    print("\nchunks: backward LayerNorm float32 with weight, bias and their gradients, rows split into n chunks; "
+          "torch's time over fastln's, median [interquartile range]")
+    print("| shape | torch | " + " | ".join(f"n={n}" for n in counts) + " | today's rule |")
+    print("|---|---|" + "---|" * (len(counts) + 1))
+    for shape in [(64, 16384), (96, 8192), (32, 65536), (64, 65536), (256, 16384), (512, 8192), (1024, 4096),
+                  (2048, 768), (128, 768)]:
+        _chunks_case(shape, counts, rounds, torch)
+
+
+def _chunks_case(shape, counts, rounds, torch):
+    from fastln import _api
+
+    rows, cols = shape
+    rng = np.random.default_rng(0)
+    x, gy = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    w, b = (rng.standard_normal(cols).astype(np.float32) for _ in range(2))
+    none = np.empty((0, cols), np.float32)
+    _, mean, rstd = fastln.layer_norm_forward(x, None, w, b)
+    today = _api.chunking(rows, cols)
+
+    def run(per):
+        gx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(w)
+        part = np.zeros((2, -(-rows // per), cols))
+        K.backward_parallel(gy, x, mean, rstd, w, True, none, gx, part[0], part[1], dw, db, per)
+
+    xt, wt, bt, gt = (torch.from_numpy(a) for a in (x, w, b, gy))
+    _, mt, rt = torch.ops.aten.native_layer_norm(xt, [cols], wt, bt, 1e-5)
+    fns = {"torch": lambda: torch.ops.aten.native_layer_norm_backward(gt, xt, [cols], mt, rt, wt, bt, [True] * 3)}
+    for n in counts:
+        fns[n] = partial(run, -(-rows // n))
+    fns["today"] = partial(run, today[1])
+    for f in fns.values():
+        f()
+    kept = bench.kept_samples(fns, rounds)[0]
+    t = kept["torch"]
+    cells = [f"{np.median(t / kept[k]):.2f} [{np.percentile(t / kept[k], 25):.2f}-{np.percentile(t / kept[k], 75):.2f}]"
+             for k in (*counts, "today")]
+    print(f"| {rows}x{cols} | {np.median(t) * 1e6:.0f} us | " + " | ".join(cells[:-1])
+          + f" | {today[0]} chunks: {cells[-1]} |", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -55,7 +55,7 @@ def configure(native, pool_below=None):
     native.configure(
         entries.address, _backward, _config.SERIAL_BELOW, _config.POOL_BELOW if pool_below is None else pool_below,
         _config.ROW_COST, _config.COL_SPLIT_MIN, _config.MAX_CHUNKS, _config.MAX_PARTIAL_BYTES,
-        _config.MIN_CHUNK_ELEMS, _half.BFLOAT16, _half.FLOAT16 if _half.FLOAT16_IN_KERNEL else -1,
+        _config.MIN_CHUNK_ELEMS, _config.MIN_CHUNK_ROWS, _half.BFLOAT16, _half.FLOAT16 if _half.FLOAT16_IN_KERNEL else -1,
     )
 
 

@@ -58,7 +58,7 @@ constexpr int FORWARD_HALF_ENTRY = 6, BACKWARD_HALF_ENTRY = 7;
 struct Config {
   bool configured = false;
   int64_t serial_below = 0, pool_below = 0, row_cost = 0, col_split_min = 0, max_chunks = 1;
-  int64_t max_partial_bytes = 0, min_chunk_elems = 1;
+  int64_t max_partial_bytes = 0, min_chunk_elems = 1, min_chunk_rows = 1;
   // fastln.cpu._half's format codes of the half types converted in the kernels, -1 for
   // none (float16 without the CPU's conversion instructions goes to the Python bridge).
   int64_t fmt_bf16 = -1, fmt_f16 = -1;
@@ -121,7 +121,8 @@ std::pair<int64_t, int64_t> chunking(int64_t rows, int64_t cols) {
     if (work >= cfg.serial_below && rows >= 2) return {2, (rows + 1) / 2};
     return {1, std::max<int64_t>(rows, 1)};
   }
-  const int64_t cap = std::min({cfg.max_chunks, rows, std::max<int64_t>(2, cfg.max_partial_bytes / std::max<int64_t>(16 * cols, 1))});
+  const int64_t cap = std::min({cfg.max_chunks, rows, std::max<int64_t>(2, rows / cfg.min_chunk_rows),
+                                std::max<int64_t>(2, cfg.max_partial_bytes / std::max<int64_t>(16 * cols, 1))});
   int64_t n = std::max<int64_t>(1, std::min(cap, work / cfg.min_chunk_elems));
   if (n > 1 && n % 2) n += n < cap ? 1 : -1;  // an even count keeps 2 (or 4) threads equally busy
   const int64_t per = std::max<int64_t>(1, (rows + n - 1) / n);
@@ -475,7 +476,7 @@ py::object norm(py::handle xo, py::handle ro, py::handle shape, py::handle wo, p
 
 void configure(py::object resolve, py::object fallback, int64_t serial_below, int64_t pool_below, int64_t row_cost,
                int64_t col_split_min, int64_t max_chunks, int64_t max_partial_bytes, int64_t min_chunk_elems,
-               int64_t fmt_bf16, int64_t fmt_f16) {
+               int64_t min_chunk_rows, int64_t fmt_bf16, int64_t fmt_f16) {
   // Kept for the life of the process (see Config).  A second call (tools/pool_threshold.py,
   // tests/test_native.py, through fastln.torch._fast.configure) replaces them and leaks the
   // old references, on purpose: an autograd node's backward on another thread may be using them.
@@ -488,6 +489,7 @@ void configure(py::object resolve, py::object fallback, int64_t serial_below, in
   cfg.max_chunks = std::max<int64_t>(1, max_chunks);
   cfg.max_partial_bytes = max_partial_bytes;
   cfg.min_chunk_elems = std::max<int64_t>(1, min_chunk_elems);
+  cfg.min_chunk_rows = std::max<int64_t>(1, min_chunk_rows);
   cfg.fmt_bf16 = fmt_bf16;
   cfg.fmt_f16 = fmt_f16;
   cfg.configured = true;
@@ -502,7 +504,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "format codes of the half types the kernels convert (-1: none).",
         py::arg("resolve"), py::arg("fallback"), py::arg("serial_below"), py::arg("pool_below"), py::arg("row_cost"),
         py::arg("col_split_min"), py::arg("max_chunks"), py::arg("max_partial_bytes"), py::arg("min_chunk_elems"),
-        py::arg("fmt_bf16") = -1, py::arg("fmt_f16") = -1);
+        py::arg("min_chunk_rows"), py::arg("fmt_bf16") = -1, py::arg("fmt_f16") = -1);
   m.def("norm", &norm, "y, (y, residual_out), or None when the Python bridge must take the call.");
   m.def("forward_half", &forward_half,
         "The half-precision forward kernel on buffers given by address, rows split over torch's pool.");
