@@ -6,6 +6,7 @@ tests/test_fast_paths.py (its ``route`` fixture); here are the glue's own duties
 """
 
 import multiprocessing as mp
+import os
 import threading
 
 import numpy as np
@@ -408,3 +409,66 @@ def test_an_extension_built_from_other_sources_is_set_aside(monkeypatch):
         monkeypatch.undo()
         _fast._load()
     assert _fast.norm is not None and _fast.WHY_NOT is None
+
+
+
+_HUGE_PAGE_CHECK = """
+import sys, torch
+import fastln.torch as ft
+from fastln.torch import functional
+if sys.argv[1] == "python":
+    functional._native = None
+elif functional._native is None:
+    sys.exit("the compiled glue is not in use")
+
+
+def advised(start, stop):  # MADV_HUGEPAGE on the mapping holding [start, stop): 'hg' in its VmFlags
+    lo = None
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+        elif head == "VmFlags:" and lo is not None and lo <= start and stop <= hi:
+            return " hg" in line
+    return False
+
+
+huge, kept, checked, bad = 2 << 20, [], 0, []
+for seed in range(8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(7, 128, 1000, generator=g, requires_grad=True)  # 3.4 MiB of float32
+    w, b = torch.randn(1000, requires_grad=True), torch.randn(1000, requires_grad=True)
+    y = ft.layer_norm(x, (1000,), w, b)
+    (gx,) = torch.autograd.grad(y.sum(), (x,))
+    for t in (y, gx):
+        start = -(-t.data_ptr() // huge) * huge
+        stop = (t.data_ptr() + t.numel() * 4) // huge * huge
+        if stop > start:
+            checked += 1
+            if not advised(start, stop):
+                bad.append(hex(t.data_ptr()))
+    kept += [y, gx]  # alive, so the next outputs land elsewhere
+print(checked, bad)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux only")
+@pytest.mark.parametrize("path", ["native", "python"])
+def test_outputs_of_two_to_four_mib_are_advised_onto_huge_pages(path):
+    """An output of 2-4 MiB gets the advice for the 2 MiB-aligned stretch inside it (when it
+    has one): without it, glibc's returned blocks cost a page fault per 4 KiB every call
+    (8x128x768 float32 forward+backward: ~730 faults, 1.1-2.1 ms against 0.57-0.87 ms).  In a
+    fresh process, whose mappings no earlier advice has marked."""
+    import subprocess
+    import sys
+
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[never]" in f.read():
+                pytest.skip("transparent huge pages are off")
+    except OSError:
+        pytest.skip("no transparent huge pages")
+    out = subprocess.run([sys.executable, "-c", _HUGE_PAGE_CHECK, path], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    checked, bad = out.stdout.split(" ", 1)
+    assert int(checked) >= 2 and bad.strip() == "[]", out.stdout

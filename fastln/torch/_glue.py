@@ -180,12 +180,14 @@ def empty(shape, dtype) -> Tensor:
 
     torch's CPU allocator maps fresh 4 KiB pages for every large tensor, and the kernel's
     first touch then takes one page fault per 4 KiB: 24,577 faults (~25 ms) for a 32768x768
-    float32 output, 2.5x the kernel itself.  NumPy madvises its own large buffers; fastln
-    does the same for the outputs it asks torch for (advice only: the memory stays torch's).
+    float32 output, 2.5x the kernel itself.  NumPy madvises its own buffers of 4 MiB and more;
+    fastln advises the 2 MiB-aligned stretches of the outputs of 2 MiB and more it asks torch
+    for (advice only: the memory stays torch's), the size glibc hands back to the system often
+    enough to fault again every call (see ``_native.cpp``'s ``empty``).
     """
     t = torch.empty(shape, dtype=dtype)
     nbytes = t.numel() * t.element_size()
-    if _MADVISE is not None and nbytes >= 2 * _HUGE:
+    if _MADVISE is not None and nbytes >= _HUGE:  # the 2 MiB-aligned stretches inside, if any
         start = -(-t.data_ptr() // _HUGE) * _HUGE
         stop = (t.data_ptr() + nbytes) // _HUGE * _HUGE
         if stop > start:
@@ -277,7 +279,7 @@ def _direct(x: Tensor, *others) -> bool:
 
 def _out_like(x: Tensor, nbytes: int) -> Tensor:
     # torch.empty_like is the cheapest allocation (0.9 us); large outputs get huge pages.
-    return empty(x.shape, x.dtype) if nbytes >= 2 * _HUGE else torch.empty_like(x)
+    return empty(x.shape, x.dtype) if nbytes >= _HUGE else torch.empty_like(x)
 
 
 def _forward_direct(x, residual, norm, rows, cols, weight, bias, eps, centered, stats):
