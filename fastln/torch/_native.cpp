@@ -133,7 +133,7 @@ std::pair<int64_t, int64_t> chunking(int64_t rows, int64_t cols) {
 // advised onto transparent huge pages, as fastln.torch._glue.empty does (torch maps 4 KiB
 // pages: one fault per page on first touch, and glibc hands a freed 3 MiB block back to the
 // system often enough that 8x128x768 float32 forward+backward took ~730 faults a call and
-// 1.1-2.1 ms; advised from 2 MiB rather than 4, 5-140 faults and 0.57-0.87 ms).
+// 1.1-2.1 ms; advised from 2 MiB rather than 4, 5-160 faults and 0.57-0.87 ms).
 // at::detail::empty_cpu is what aten::empty's CPU kernel calls, without the ~0.5 us of
 // dispatch (seven allocations a forward and backward; the kernels write every element).
 Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
