@@ -1,6 +1,7 @@
 """Issue 9: fastln.torch goes where torch goes: compile (inductor), torch.func, TorchScript,
 export, meta tensors, torch's dtype and error rules, model swaps with hooks, DDP."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -289,6 +290,36 @@ def test_replace_handles_subclasses_that_keep_forward_only():
     assert type(model[1]) is Custom
     x = torch.randn(3, 4)
     _close(model[0](x), F.layer_norm(x, (4,), model[0].weight, model[0].bias))
+
+
+def test_transformer_layer_fast_path_computes_its_own_norms(monkeypatch):
+    """What the README says of ``replace_norms``: torch's TransformerEncoderLayer, in eval mode without
+    gradients (batch_first, even heads...), runs its fused fast path, which reads the norms'
+    weight, bias and eps and computes LayerNorm itself: swapped norms are not called there.
+    In training, and with the fast path turned off, they are.  If torch changes this, the
+    README is stale."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    plain = copy.deepcopy(layer).eval()
+    ft.replace_layer_norms(layer)
+    calls = []
+    forward = ft.LayerNorm.forward
+    monkeypatch.setattr(ft.LayerNorm, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    x = torch.randn(2, 5, 32)
+    layer.train()
+    layer(x)
+    assert len(calls) == 2
+    layer.eval()
+    with torch.no_grad():
+        calls.clear()
+        assert torch.equal(layer(x), plain(x)) and calls == []  # torch's fused op, both
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            y = layer(x)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+    assert len(calls) == 2
+    _close(y, plain(x))
 
 
 class LlamaRMSNorm(nn.Module):

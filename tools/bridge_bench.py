@@ -1,6 +1,6 @@
 """fastln.torch against torch where users meet it: calls, modules, whole training steps.
 
-    python tools/bridge_bench.py [--rounds 15] [--json out.json] [--only calls,models,pair]
+    python tools/bridge_bench.py [--rounds 15] [--json out.json] [--only calls,models,pair] [--control]
 
 - **calls**: ``ft.layer_norm`` vs ``F.layer_norm`` and ``ft.LayerNorm`` vs ``nn.LayerNorm``,
   float32 with affine, no_grad forward and forward+backward (autograd.grad of x, w, b).
@@ -11,6 +11,9 @@
   user has, BERT's embedding layer called with ``inputs_embeds`` (position + type embeddings,
   LayerNorm, dropout 0; batch 32x512, d=768), where the norm is most of the work.  The loss
   of a training step is a fixed linear probe of the output (cheap both ways).
+  Each model row also gives the 95% bootstrap interval (over rounds) of the median
+  per-round ratio; ``--control`` adds an A/A row per model, the torch model against a plain
+  copy of itself, which says how far from 1.0 the harness reads when nothing differs.
 - **pair**: a torch op then a fastln op at 512x768, alternating, against the two alone.
 
 Times are medians of interleaved bursts (``fastln.bench``): torch and fastln measured side by
@@ -151,17 +154,28 @@ def _models():
     ]
 
 
-def models(rounds):
+def models(rounds, control=False):
     rows = []
     for name, model, inp in _models():
         rows.extend(_model_case(name, model, inp, rounds))
+        if control:
+            rows.extend(_model_case(name, model, inp, rounds, control=True))
     return rows
 
 
-def _model_case(name, model, inp, rounds):
+def ci95(r, n_boot=4000):
+    """95% bootstrap interval (over rounds) of the median per-round ratio ``r``."""
+    medians = np.median(np.random.default_rng(0).choice(r, (n_boot, r.size)), axis=1)
+    return [float(v) for v in np.percentile(medians, [2.5, 97.5])]
+
+
+def _model_case(name, model, inp, rounds, control=False):
+    """The model against its copy with the norms swapped; ``control``: against a plain copy
+    (an A/A run: what the harness reads when nothing differs)."""
     rows = []
     torch.manual_seed(0)
-    fast = ft.replace_layer_norms(copy.deepcopy(model))
+    fast = copy.deepcopy(model) if control else ft.replace_layer_norms(copy.deepcopy(model))
+    label = f"{name} (A/A: torch against a copy of itself)" if control else name
     with torch.no_grad():
         probe = torch.randn_like(model(inp))
 
@@ -188,11 +202,12 @@ def _model_case(name, model, inp, rounds):
         fast.train(what == "training step")
         med, kept = side_by_side({"torch": make(model), "fastln": make(fast)}, rounds)
         r = ratio(kept, "torch", "fastln")
-        rows.append({"case": name, "what": what, "torch_us": med["torch"] * 1e6,
-                     "fastln_us": med["fastln"] * 1e6, "speedup": r[0], "spread": r[1:],
+        ci = ci95(kept["torch"] / kept["fastln"])
+        rows.append({"case": label, "what": what, "torch_us": med["torch"] * 1e6,
+                     "fastln_us": med["fastln"] * 1e6, "speedup": r[0], "spread": r[1:], "ci95": ci,
                      "rounds_kept": med["rounds_kept"]})
-        print(f"| {name} | {what} | {med['torch'] * 1e3:.2f} ms | {med['fastln'] * 1e3:.2f} ms "
-              f"| {r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}] |", flush=True)
+        print(f"| {label} | {what} | {med['torch'] * 1e3:.2f} ms | {med['fastln'] * 1e3:.2f} ms "
+              f"| {r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}] | {ci[0]:.3f}-{ci[1]:.3f} |", flush=True)
     return rows
 
 
@@ -236,6 +251,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--json", default=None)
     p.add_argument("--only", default="calls,models,pair")
+    p.add_argument("--control", action="store_true",
+                   help="models: also time each torch model against a plain copy of itself (A/A)")
     a = p.parse_args(argv)
     torch.set_num_threads(numba.get_num_threads())
     from fastln.torch import _fast
@@ -247,8 +264,9 @@ def main(argv=None):
         print("| shape | what | torch | fastln | speedup [min-max] |\n|---|---|---|---|---|")
         out["calls"] = calls(a.rounds)
     if "models" in parts:
-        print("| model | what | torch | fastln | speedup [min-max] |\n|---|---|---|---|---|")
-        out["models"] = models(a.rounds)
+        print("| model | what | torch | fastln | speedup [min-max] | 95% interval of the median ratio |\n"
+              "|---|---|---|---|---|---|")
+        out["models"] = models(a.rounds, a.control)
     if "pair" in parts:
         print("| pair | torch alone | fastln alone | pair | pair / (sum alone) [min-max] |\n|---|---|---|---|---|")
         out["pair"] = pair(a.rounds)
