@@ -89,3 +89,28 @@ def test_half_table_is_the_committed_half_bench_results():
     at = readme.index(header) + 2
     assert readme[at:at + len(want)] == want and len(want) == 16
 
+
+def test_bridge_tables_are_the_committed_bridge_bench_results():
+    """The README's fastln.torch tables are ``bridge_bench_s16.json`` (calls, pair) and
+    ``bridge_models_s16.json`` (models, with their A/A rows), as ``tools/bridge_bench.py``'s
+    ``table_rows`` renders them."""
+    import importlib.util
+    import json
+
+    pytest.importorskip("torch")  # the tool imports it
+    spec = importlib.util.spec_from_file_location("bridge_bench", ROOT / "tools" / "bridge_bench.py")
+    bridge_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bridge_bench)
+    results = ROOT / "benchmarks" / "results" / "cpu-2core"
+    calls = json.loads((results / "bridge_bench_s16.json").read_text())
+    models = json.loads((results / "bridge_models_s16.json").read_text())
+    readme = (ROOT / "README.md").read_text().splitlines()
+    for section, rows, header in (
+        ("calls", calls["calls"], "| shape | call | torch | fastln.torch | speedup [min-max] |"),
+        ("models", models["models"], "| model (norms swapped with `replace_layer_norms`) | what | torch | fastln.torch | "
+                                     "speedup [min-max] | 95% interval |"),
+        ("pair", calls["pair"], "| pair | torch alone | fastln alone | pair | pair / (sum alone) [min-max] |"),
+    ):
+        want = bridge_bench.table_rows(section, rows)
+        at = readme.index(header) + 2
+        assert want and readme[at:at + len(want)] == want, section

@@ -246,6 +246,25 @@ def pair(rounds):
     return rows
 
 
+def table_rows(section: str, rows: list) -> list:
+    """The README's table rows of a section (``calls``, ``models``, ``pair``) of this tool's
+    JSON (``tests/test_readme.py`` holds the README to them)."""
+    out = []
+    for r in rows:
+        if section == "calls":
+            out.append(f"| {r['case']} | {r['what']} | {r['torch_us']:.1f} us | {r['fastln_us']:.1f} us | "
+                       f"{r['speedup']:.2f}x [{r['spread'][0]:.2f}-{r['spread'][1]:.2f}] |")
+        elif section == "models":
+            case = r["case"].replace(" (A/A: torch against a copy of itself)", ", A/A: torch against torch")
+            out.append(f"| {case} | {r['what']} | {r['torch_us'] / 1e3:.2f} ms | {r['fastln_us'] / 1e3:.2f} ms | "
+                       f"{r['speedup']:.2f}x [{r['spread'][0]:.2f}-{r['spread'][1]:.2f}] | "
+                       f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f} |")
+        else:
+            out.append(f"| {r['case']} | {r['torch_alone_us']:.1f} us | {r['fastln_alone_us']:.1f} us | "
+                       f"{r['pair_us']:.1f} us | {r['pair_over_sum']:.2f} [{r['spread'][0]:.2f}-{r['spread'][1]:.2f}] |")
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=15)
