@@ -100,9 +100,10 @@ MAX_PARTIAL_BYTES = _env_int("FASTLN_MAX_PARTIAL_BYTES", 4 << 20)
 #: (float32 with parameter gradients, 2 threads, 11-15 rounds; torch's time over fastln's),
 #: 16 chunks against 2-4: 64x16384 0.71x against 1.24-1.36x, 96x8192 0.99x against
 #: 1.40-1.45x, 256x16384 0.97x against 1.10-1.12x, 32x65536 (4 chunks) 0.91x against
-#: 1.17x (2); at 64 rows a chunk and more, as many chunks were level with fewer (1024x4096,
-#: 2048x768, 512x768).  It caps the parallelism of few-row shapes on machines of many
-#: cores, as ``MAX_CHUNKS`` does of every shape.
+#: 1.17x (2); from 64 rows a chunk, 16 chunks were level with 4-8 (1024x4096, 512x768) and
+#: ahead of 2 (2048x768: 1.79x against 1.56x).  ``python tools/kernel_ab.py --only chunks``.
+#: It caps the parallelism of few-row shapes on machines of many cores, as ``MAX_CHUNKS``
+#: does of every shape.
 MIN_CHUNK_ROWS = _env_int("FASTLN_MIN_CHUNK_ROWS", 64)
 
 #: Backward gathers grad_weight/grad_bias over this many rows in the data's dtype before
