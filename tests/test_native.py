@@ -411,7 +411,6 @@ def test_an_extension_built_from_other_sources_is_set_aside(monkeypatch):
     assert _fast.norm is not None and _fast.WHY_NOT is None
 
 
-
 _HUGE_PAGE_CHECK = """
 import sys, torch
 import fastln.torch as ft

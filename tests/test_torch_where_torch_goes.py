@@ -293,11 +293,11 @@ def test_replace_handles_subclasses_that_keep_forward_only():
 
 
 def test_transformer_layer_fast_path_computes_its_own_norms(monkeypatch):
-    """What the README says of ``replace_norms``: torch's TransformerEncoderLayer, in eval mode without
-    gradients (batch_first, even heads...), runs its fused fast path, which reads the norms'
-    weight, bias and eps and computes LayerNorm itself: swapped norms are not called there.
-    In training, and with the fast path turned off, they are.  If torch changes this, the
-    README is stale."""
+    """What the README says of ``replace_norms``: torch's TransformerEncoderLayer, in eval
+    mode without gradients (batch_first, even heads...), runs its fused fast path, which reads
+    the norms' weight, bias and eps and computes LayerNorm itself: swapped norms are not called
+    there.  In training, and with the fast path turned off, they are.  If torch changes this,
+    the README is stale."""
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
     plain = copy.deepcopy(layer).eval()
