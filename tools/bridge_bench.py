@@ -107,8 +107,7 @@ def _call_case(shape, rounds, show=True):
                      "fastln_us": med["fastln"] * 1e6, "speedup": r[0], "spread": r[1:],
                      "rounds_kept": med["rounds_kept"]})
         if show:
-            print(f"| {rows[-1]['case']} | {what} | {rows[-1]['torch_us']:.1f} us | {rows[-1]['fastln_us']:.1f} us "
-                  f"| {r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}] |", flush=True)
+            print(table_rows("calls", rows[-1:])[0], flush=True)
     return rows
 
 
@@ -206,8 +205,7 @@ def _model_case(name, model, inp, rounds, control=False):
         rows.append({"case": label, "what": what, "torch_us": med["torch"] * 1e6,
                      "fastln_us": med["fastln"] * 1e6, "speedup": r[0], "spread": r[1:], "ci95": ci,
                      "rounds_kept": med["rounds_kept"]})
-        print(f"| {label} | {what} | {med['torch'] * 1e3:.2f} ms | {med['fastln'] * 1e3:.2f} ms "
-              f"| {r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}] | {ci[0]:.3f}-{ci[1]:.3f} |", flush=True)
+        print(table_rows("models", rows[-1:])[0], flush=True)
     return rows
 
 
@@ -241,8 +239,7 @@ def pair(rounds):
         rows.append({"case": f"aten.native_layer_norm then {label}, 512x768", "torch_alone_us": med["torch alone"] * 1e6,
                      "fastln_alone_us": med["fastln alone"] * 1e6, "pair_us": med["pair"] * 1e6,
                      "pair_over_sum": float(np.median(r)), "spread": [float(r.min()), float(r.max())]})
-        print(f"| {rows[-1]['case']} | {med['torch alone'] * 1e6:.1f} us | {med['fastln alone'] * 1e6:.1f} us | "
-              f"{med['pair'] * 1e6:.1f} us | {np.median(r):.2f} [{r.min():.2f}-{r.max():.2f}] |", flush=True)
+        print(table_rows("pair", rows[-1:])[0], flush=True)
     return rows
 
 

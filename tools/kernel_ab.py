@@ -463,9 +463,10 @@ def _backward_table(title, names, old, new, shapes, rounds, torch):
               flush=True)
 
 
-def _backward_case(shape, variants, rounds, torch):
-    from fastln import _api
-
+def _backward_setup(shape, torch):
+    """A float32 backward case with weight and bias: ``run(kernel, rows_per_chunk)`` (a row
+    kernel's call into fresh outputs, returning gx, dw, db) and torch's own kernel on the
+    same values."""
     rows, cols = shape
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -474,21 +475,28 @@ def _backward_case(shape, variants, rounds, torch):
     b = rng.standard_normal(cols).astype(np.float32)
     none = np.empty((0, cols), np.float32)
     _, mean, rstd = fastln.layer_norm_forward(x, None, w, b)
-    n_chunks, per_chunk = _api.chunking(rows, cols)
 
-    def run(kernel):
+    def run(kernel, per_chunk):
         gx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(w)
-        part = np.zeros((2, n_chunks, cols))
+        part = np.zeros((2, -(-rows // per_chunk), cols))
         kernel(gy, x, mean, rstd, w, True, none, gx, part[0], part[1], dw, db, per_chunk)
         return gx, dw, db
 
-    outs = {k: run(v) for k, v in variants.items()}  # compile; and the same bits both ways
-    for old, new in zip(outs["old"], outs["new"], strict=True):
-        assert np.array_equal(old, new)
     xt, wt, bt, gt = (torch.from_numpy(a) for a in (x, w, b, gy))
     _, mt, rt = torch.ops.aten.native_layer_norm(xt, [cols], wt, bt, 1e-5)
-    fns = {k: (lambda v=v: run(v)) for k, v in variants.items()}
-    fns["torch"] = lambda: torch.ops.aten.native_layer_norm_backward(gt, xt, [cols], mt, rt, wt, bt, [True] * 3)
+    return run, lambda: torch.ops.aten.native_layer_norm_backward(gt, xt, [cols], mt, rt, wt, bt, [True] * 3)
+
+
+def _backward_case(shape, variants, rounds, torch):
+    from fastln import _api
+
+    run, torch_backward = _backward_setup(shape, torch)
+    per_chunk = _api.chunking(*shape)[1]
+    outs = {k: run(v, per_chunk) for k, v in variants.items()}  # compile; and the same bits both ways
+    for old, new in zip(outs["old"], outs["new"], strict=True):
+        assert np.array_equal(old, new)
+    fns = {k: partial(run, v, per_chunk) for k, v in variants.items()}
+    fns["torch"] = torch_backward
     return bench.kept_samples(fns, rounds)[0]
 
 
@@ -563,24 +571,12 @@ def _chunks_case(shape, counts, rounds, torch):
     from fastln import _api
 
     rows, cols = shape
-    rng = np.random.default_rng(0)
-    x, gy = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
-    w, b = (rng.standard_normal(cols).astype(np.float32) for _ in range(2))
-    none = np.empty((0, cols), np.float32)
-    _, mean, rstd = fastln.layer_norm_forward(x, None, w, b)
+    run, torch_backward = _backward_setup(shape, torch)
     today = _api.chunking(rows, cols)
-
-    def run(per):
-        gx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(w)
-        part = np.zeros((2, -(-rows // per), cols))
-        K.backward_parallel(gy, x, mean, rstd, w, True, none, gx, part[0], part[1], dw, db, per)
-
-    xt, wt, bt, gt = (torch.from_numpy(a) for a in (x, w, b, gy))
-    _, mt, rt = torch.ops.aten.native_layer_norm(xt, [cols], wt, bt, 1e-5)
-    fns = {"torch": lambda: torch.ops.aten.native_layer_norm_backward(gt, xt, [cols], mt, rt, wt, bt, [True] * 3)}
+    fns = {"torch": torch_backward}
     for n in counts:
-        fns[n] = partial(run, -(-rows // n))
-    fns["today"] = partial(run, today[1])
+        fns[n] = partial(run, K.backward_parallel, -(-rows // n))
+    fns["today"] = partial(run, K.backward_parallel, today[1])
     for f in fns.values():
         f()
     kept = bench.kept_samples(fns, rounds)[0]
