@@ -456,7 +456,7 @@ print(checked, bad)
 def test_outputs_of_two_to_four_mib_are_advised_onto_huge_pages(path):
     """An output of 2-4 MiB gets the advice for the 2 MiB-aligned stretch inside it (when it
     has one): without it, glibc's returned blocks cost a page fault per 4 KiB every call
-    (8x128x768 float32 forward+backward: ~730 faults, 1.1-2.1 ms against 0.57-0.87 ms).  In a
+    (8x128x768 float32 forward+backward, ``tools/page_faults.py``: 273-790 faults a call).  In a
     fresh process, whose mappings no earlier advice has marked."""
     import subprocess
     import sys

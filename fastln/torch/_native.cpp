@@ -132,8 +132,8 @@ std::pair<int64_t, int64_t> chunking(int64_t rows, int64_t cols) {
 // An uninitialised contiguous tensor; the 2 MiB-aligned stretches of one of 2 MiB or more are
 // advised onto transparent huge pages, as fastln.torch._glue.empty does (torch maps 4 KiB
 // pages: one fault per page on first touch, and glibc hands a freed 3 MiB block back to the
-// system often enough that 8x128x768 float32 forward+backward took ~730 faults a call and
-// 1.1-2.1 ms; advised from 2 MiB rather than 4, 5-160 faults and 0.57-0.87 ms).
+// system often enough that 8x128x768 float32 forward+backward took 273-790 faults a call;
+// advised from 2 MiB rather than 4, 5-481 across runs: python tools/page_faults.py).
 // at::detail::empty_cpu is what aten::empty's CPU kernel calls, without the ~0.5 us of
 // dispatch (seven allocations a forward and backward; the kernels write every element).
 Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
