@@ -54,7 +54,15 @@ so the comparison survives a noisy machine better than two separate runs).
   gives today (``_config.MIN_CHUNK_ROWS`` rows a chunk, beyond two), as torch's time over
   each; a chunk's float64 partials cost a few passes over a row whatever its number of rows.
 
-``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling,chunks`` picks sections.
+- **bound**: whether the forward into a reused buffer is bound by memory or by its own
+  instructions at the 4-16 MiB shapes: per element, the reused copy and the forward at 2 threads
+  on the whole array (in the L3 cache), beside the same kernels on one thread over 16 of its
+  rows called again and again (in the L1/L2 cache: no memory traffic to wait for), halved for
+  two threads.  Where the forward on the whole array takes no longer than its in-cache work,
+  it is bound by its instructions, and no change to its memory traffic can bring it to a
+  fraction of the copy above ``copy in cache / forward in cache``.
+
+``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling,chunks,bound`` picks sections.
 """
 
 import argparse
@@ -145,12 +153,13 @@ def _case(shape, variants, rounds):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling,chunks")
+    p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling,chunks,"
+                   "bound")
     p.add_argument("--pair-bytes", type=int, default=K.PAIR_FORWARD_ROW_BYTES)
     a = p.parse_args()
     only = set(a.only.split(","))
     for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "hot", "flush", "lanes",
-                    "ceiling", "chunks"):
+                    "ceiling", "chunks", "bound"):
         if section in only:
             if section == "pairs":
                 _pairs(a.rounds, a.pair_bytes)
@@ -585,6 +594,64 @@ def _chunks_case(shape, counts, rounds, torch):
              for k in (*counts, "today")]
     print(f"| {rows}x{cols} | {np.median(t) * 1e6:.0f} us | " + " | ".join(cells[:-1])
           + f" | {today[0]} chunks: {cells[-1]} |", flush=True)
+
+
+
+def _bound(rounds):
+    print("\nbound: forward float32 out= with weight and bias; ns per element, 2 threads (in cache: 1 thread / 2)")
+    print("| shape | MiB | copy reused | element-wise pass | forward | fraction | copy in cache | forward in cache | in-cache fraction |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for shape in [(1024, 1024), (256, 4096), (4096, 1024), (1024, 4096), (256, 16384), (64, 65536)]:
+        whole, cache = _bound_case(shape, rounds)
+        print(f"| {shape[0]}x{shape[1]} | {shape[0] * shape[1] * 4 >> 20} | {whole['copy']:.3f} | {whole['pass']:.3f} | {whole['forward']:.3f} | "
+              f"{whole['copy'] / whole['forward']:.2f} | {cache['copy']:.3f} | {cache['forward']:.3f} | "
+              f"{cache['copy'] / cache['forward']:.2f} |", flush=True)
+
+
+def _bound_case(shape, rounds, hot_bytes=256 << 10):
+    """ns per element of the reused copy, the element-wise pass and the forward on the whole
+    array at every thread; and of the copy and the forward on its first rows (``hot_bytes``
+    of them, which stay in the L2 cache with their output) over and over on one thread,
+    less the same call on no rows (the call's own cost), halved for two threads."""
+    x, w, b, none = _forward_inputs(shape)
+    y, y_copy, y_pass = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    fns = {"copy": lambda: bench._parallel_copy(x, y_copy), "pass": lambda: bench._elementwise_pass(x, none, w, b, y_pass, none),
+           "forward": lambda: fastln.layer_norm(x, None, w, b, out=y)}
+    for f in fns.values():
+        f()
+    kept, _ = bench.kept_samples(fns, rounds)
+    whole = {k: float(np.median(v)) / x.size * 1e9 for k, v in kept.items()}
+
+    hot_rows = max(1, hot_bytes // (x.shape[1] * x.itemsize))
+    number = max(1, (1 << 24) // (hot_rows * x.shape[1]))  # about 16 M elements a sample
+
+    def repeat(kernel, n):
+        xh, yh = x[:n], y[:n]
+        mean, rstd = np.empty(n, np.float32), np.empty(n, np.float32)
+        if kernel == "copy":
+            def one():
+                bench._parallel_copy(xh, yh)
+        else:
+            def one():
+                K.forward_serial(xh, none, w, b, 1e-5, True, yh, none, mean, rstd)
+
+        def run():
+            for _ in range(number):
+                one()
+        return run
+
+    hot = {f"{k} {n}": repeat(k, n) for k in ("copy", "forward") for n in (hot_rows, 0)}
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        for f in hot.values():
+            f()
+        kept_hot, _ = bench.kept_samples(hot, rounds)
+    finally:
+        numba.set_num_threads(threads)
+    cache = {k: float(np.median(kept_hot[f"{k} {hot_rows}"] - kept_hot[f"{k} 0"])) / number / (hot_rows * x.shape[1]) * 1e9 / 2
+             for k in ("copy", "forward")}
+    return whole, cache
 
 
 if __name__ == "__main__":
