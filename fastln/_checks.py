@@ -59,6 +59,10 @@ def as_float_array(x, name: str) -> np.ndarray:
             x = np.asarray(x)
         except Exception as exc:  # ragged lists and the like
             raise TypeError(f"{name} must be a floating-point array: {exc}") from None
+    if x.dtype.kind == "f" and not x.dtype.isnative:
+        # data read from a file or the network in the other byte order: computed in the
+        # machine's order, as NumPy's ufuncs do (the result is in that order too)
+        x = x.astype(x.dtype.newbyteorder("="))
     if x.dtype not in NATIVE_DTYPES and x.dtype != _F16:
         raise DTypeError(
             f"{name} must have dtype float16, float32 or float64, got {x.dtype}"

@@ -197,6 +197,29 @@ def test_mixed_precision_weight_is_cast(rng):
     np.testing.assert_allclose(y, reference.forward(x, 1, w)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_other_byte_order_is_computed_in_the_machines(rng, dtype):
+    """Data in the other byte order (read from a file or the network) gives the native
+    computation's result, in native order, as NumPy's ufuncs do; backward takes it too."""
+    native = np.dtype(dtype)
+    other = native.newbyteorder("S")
+    x = (rng.standard_normal((5, 12)) * 3 + 1).astype(native)
+    w = rng.standard_normal(12).astype(native)
+    b = rng.standard_normal(12).astype(native)
+    y, mean, rstd = fastln.layer_norm_forward(x.astype(other), 12, w.astype(other), b.astype(other))
+    y0, mean0, rstd0 = fastln.layer_norm_forward(x, 12, w, b)
+    assert y.dtype == native and y.dtype.isnative
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(rstd, rstd0)
+    np.testing.assert_array_equal(fastln.rms_norm(x.astype(other), 12, w.astype(other)), fastln.rms_norm(x, 12, w))
+    g = rng.standard_normal((5, 12)).astype(native)
+    got = fastln.layer_norm_backward(g.astype(other), x.astype(other), mean.astype(mean.dtype.newbyteorder("S")),
+                                     rstd.astype(rstd.dtype.newbyteorder("S")), w.astype(other))
+    for a, e in zip(got, fastln.layer_norm_backward(g, x, mean0, rstd0, w), strict=True):
+        assert a.dtype.isnative
+        np.testing.assert_array_equal(a, e)
+
+
 def test_zero_columns_match_torch_convention():
     # torch: mean 0, rstd nan for an empty row; y is empty.
     y, m, r = fastln.layer_norm_forward(np.ones((3, 0), np.float32))
