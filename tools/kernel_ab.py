@@ -62,7 +62,16 @@ so the comparison survives a noisy machine better than two separate runs).
   it is bound by its instructions, and no change to its memory traffic can bring it to a
   fraction of the copy above ``copy in cache / forward in cache``.
 
-``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling,chunks,bound`` picks sections.
+- **dropped**: forward variants tried in session 17 and dropped, each bitwise the same as
+  today's kernel and timed beside it at 16 MiB (fractions of the reused copy, and the
+  speed-up over today's): row groups of 16 swept by 2048-column stripes after their
+  statistics (``w`` and ``b`` stay in L1 across the group); the next row's statistics
+  interleaved block by block with this row's sweep (one pass over memory, two streams);
+  software prefetches of the next row, or write-prefetches of the output row, issued before
+  each row; and non-temporal stores at 16 MiB.
+
+``--only stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling,chunks,bound,dropped`` picks
+sections.
 """
 
 import argparse
@@ -75,6 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from numba import prange  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
 import fastln  # noqa: E402
@@ -154,12 +164,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--only", default="stats,stream,wide,pairs,backward,short,reduce,unowned,hot,flush,lanes,ceiling,chunks,"
-                   "bound")
+                   "bound,dropped")
     p.add_argument("--pair-bytes", type=int, default=K.PAIR_FORWARD_ROW_BYTES)
     a = p.parse_args()
     only = set(a.only.split(","))
     for section in ("stats", "stream", "wide", "pairs", "backward", "short", "reduce", "unowned", "hot", "flush", "lanes",
-                    "ceiling", "chunks", "bound"):
+                    "ceiling", "chunks", "bound", "dropped"):
         if section in only:
             if section == "pairs":
                 _pairs(a.rounds, a.pair_bytes)
@@ -652,6 +662,136 @@ def _bound_case(shape, rounds, hot_bytes=256 << 10):
     cache = {k: float(np.median(kept_hot[f"{k} {hot_rows}"] - kept_hot[f"{k} 0"])) / number / (hot_rows * x.shape[1]) * 1e9 / 2
              for k in ("copy", "forward")}
     return whole, cache
+
+
+def _prefetcher(write):
+    """An intrinsic ``prefetch(arr, i)``: LLVM's prefetch of ``arr[i]``'s line into every
+    cache level, for reading or (``write``) for writing."""
+    from llvmlite import ir
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, arr, i):
+        def codegen(context, builder, signature, args):
+            a = context.make_array(signature.args[0])(context, builder, args[0])
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+            builder.call(fn, [builder.bitcast(builder.gep(a.data, [args[1]]), i8p), i32(int(write)), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return numba.types.none(arr, i), codegen
+
+    return prefetch
+
+
+def _dropped_variants():
+    """Session 17's forward variants, with :func:`kernels._forward_rows`' arguments (float32,
+    LayerNorm, no residual)."""
+    from fastln._config import BLOCK
+    from fastln.cpu._lanes import head_mean_f32, shifted_sums_f32
+    from fastln.cpu._rows import forward_sweep
+
+    jit = partial(numba.njit, parallel=True, nogil=True, error_model="numpy", fastmath={"contract"})
+    read, write = _prefetcher(False), _prefetcher(True)
+    group, stripe, chunk = 16, 2048, 32
+
+    @numba.njit(inline="always")
+    def constants(pivot, mean_d, r):
+        mean_t = np.float32(pivot + mean_d)
+        return mean_t, np.float32((pivot - np.float64(mean_t)) + mean_d), np.float32(r)
+
+    @jit
+    def stripes(x, res, w, b, eps, centered, y, h, mean, rstd):
+        rows, cols = x.shape
+        for g in prange((rows + group - 1) // group):
+            lo = g * group
+            hi = min(rows, lo + group)
+            st = np.empty((group, 3), np.float32)
+            for i in range(lo, hi):
+                pivot, mean_d, r = K._row_statistics(x[i], eps, True)
+                st[i - lo, 0], st[i - lo, 1], st[i - lo, 2] = constants(pivot, mean_d, r)
+                mean[i] = pivot + mean_d
+                rstd[i] = r
+            for j0 in range(0, cols, stripe):
+                j1 = min(cols, j0 + stripe)
+                for i in range(lo, hi):
+                    forward_sweep(x[i, j0:j1], y[i, j0:j1], st[i - lo, 0], st[i - lo, 1], st[i - lo, 2],
+                                  w[j0:j1], b[j0:j1], 0)
+
+    @jit
+    def interleaved(x, res, w, b, eps, centered, y, h, mean, rstd):
+        rows, cols = x.shape
+        for c in prange((rows + chunk - 1) // chunk):
+            lo = c * chunk
+            hi = min(rows, lo + chunk)
+            pivot, mean_d, r = K._row_statistics(x[lo], eps, True)
+            for i in range(lo, hi):
+                mean[i] = pivot + mean_d
+                rstd[i] = r
+                mean_t, resid_t, r_t = constants(pivot, mean_d, r)
+                if i + 1 < hi:
+                    xn = x[i + 1]
+                    p = head_mean_f32(xn)
+                    s = 0.0
+                    q = 0.0
+                    for j0 in range(0, cols, BLOCK):
+                        j1 = min(cols, j0 + BLOCK)
+                        forward_sweep(x[i, j0:j1], y[i, j0:j1], mean_t, resid_t, r_t, w[j0:j1], b[j0:j1], 0)
+                        bs, bq = shifted_sums_f32(xn[j0:j1], p)
+                        s += np.float64(bs)
+                        q += np.float64(bq)
+                    m2 = q - s * (s / cols)
+                    if ln.TINY_MEAN_SQUARE * cols <= q < np.inf and q <= ln.CERTIFY * m2:
+                        pivot, mean_d, r = np.float64(p), s / cols, 1.0 / np.sqrt(m2 / cols + eps)
+                    else:
+                        pivot, mean_d, r = K._row_statistics(xn, eps, True)
+                else:
+                    forward_sweep(x[i], y[i], mean_t, resid_t, r_t, w, b, 0)
+
+    def prefetching(next_row, output_row):
+        @jit
+        def kernel(x, res, w, b, eps, centered, y, h, mean, rstd):
+            rows, cols = x.shape
+            for i in prange(rows):
+                if output_row:
+                    for j in range(0, cols, 16):
+                        write(y[i], j)
+                if next_row and i + 1 < rows:
+                    for j in range(0, cols, 16):
+                        read(x[i + 1], j)
+                pivot, mean_d, r = K._row_statistics(x[i], eps, True)
+                mean_t, resid_t, r_t = constants(pivot, mean_d, r)
+                forward_sweep(x[i], y[i], mean_t, resid_t, r_t, w, b, 0)
+                mean[i] = pivot + mean_d
+                rstd[i] = r
+        return kernel
+
+    return {"row groups by column stripes": stripes, "next row's statistics interleaved": interleaved,
+            "prefetch next row": prefetching(True, False), "write-prefetch output row": prefetching(False, True),
+            "non-temporal stores": _forward_variant(stream=True)}
+
+
+def _dropped(rounds):
+    today = _forward_variant(stream=False)
+    variants = _dropped_variants()
+    print("\ndropped: forward float32 out= with weight and bias, fraction of the reused copy (speed-up over today's)")
+    print("| shape | today's | " + " | ".join(variants) + " |")
+    print("|---|---|" + "---|" * len(variants))
+    for shape in [(4096, 1024), (1024, 4096), (256, 16384), (64, 65536)]:
+        x, w, b, none = _forward_inputs(shape)
+        want = np.empty_like(x)
+        mean, rstd = np.empty(shape[0], np.float32), np.empty(shape[0], np.float32)
+        today(x, none, w, b, 1e-5, True, want, none, mean, rstd)
+        for name, kernel in variants.items():
+            got = np.empty_like(x)
+            kernel(x, none, w, b, 1e-5, True, got, none, mean, rstd)
+            assert np.array_equal(got, want), name
+        frac, kept = _case(shape, {"today": today, **variants}, rounds)
+        cells = [f"{frac[n]:.2f} ({np.median(kept['today'] / kept[n]):.2f}x)" for n in variants]
+        print(f"| {shape[0]}x{shape[1]} | {frac['today']:.2f} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
